@@ -16,7 +16,7 @@ use std::time::Duration;
 
 pub use file::{FileError, load_dir, parse_file};
 pub use id::{ClientId, IdError, MAX_CLIENT_ID_LEN};
-pub use registry::{Diff, ReloadOutcome, Registry};
+pub use registry::{Diff, Registry, ReloadOutcome};
 pub use watch::{ReloadHandle, WatchConfig, spawn_watcher};
 
 /// Daemon-wide defaults that a client file may override.

@@ -1,0 +1,90 @@
+//! Command line: `mcpmux [serve] [FLAGS]` and `mcpmux check [DIR]`.
+//!
+//! Every flag has an environment equivalent (DESIGN §5). Values are parsed here and
+//! validated into [`crate::settings::Settings`]; nothing in this file binds or spawns.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// mcpmux: many tenants' stdio MCP servers behind one Streamable HTTP endpoint.
+#[derive(Debug, Parser)]
+#[command(name = "mcpmux", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// What to do; without one, `serve`.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Daemon flags when no subcommand is given.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (the default).
+    Serve(ServeArgs),
+    /// Validate a clients directory, print every error with its file, exit 1 if any.
+    Check {
+        /// The directory to check (default: $MCPMUX_CLIENTS or ./clients).
+        #[arg(env = "MCPMUX_CLIENTS", default_value = "./clients")]
+        dir: PathBuf,
+    },
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags of the daemon.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address of the tenant-facing MCP endpoint.
+    #[arg(long, env = "MCPMUX_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Directory of client files (`<id>.json`).
+    #[arg(long, env = "MCPMUX_CLIENTS", default_value = "./clients")]
+    pub clients: PathBuf,
+    /// Address of the admin endpoints (health, metrics, status).
+    #[arg(long, env = "MCPMUX_ADMIN_LISTEN", default_value = "127.0.0.1:8081")]
+    pub admin_listen: SocketAddr,
+    /// Default idle TTL of a child, in seconds.
+    #[arg(long, env = "MCPMUX_IDLE_TTL", default_value_t = 300)]
+    pub idle_ttl: u64,
+    /// Log format.
+    #[arg(long, env = "MCPMUX_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Largest accepted request body, in bytes (413 above).
+    #[arg(long, env = "MCPMUX_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Longest stdout line accepted from a child, in bytes (longer: the child is restarted).
+    #[arg(long, env = "MCPMUX_MAX_LINE_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_line_bytes: usize,
+    /// Seconds a request may wait for its answer; each progress notification restarts it.
+    #[arg(long, env = "MCPMUX_REQUEST_TIMEOUT", default_value_t = 300.0)]
+    pub request_timeout: f64,
+    /// Seconds to wait after closing a child's stdin, and again after SIGTERM.
+    #[arg(long, env = "MCPMUX_STOP_GRACE", default_value_t = 3.0)]
+    pub stop_grace: f64,
+    /// Quiet time after a change in the clients directory before it is rescanned.
+    #[arg(long, env = "MCPMUX_RELOAD_DEBOUNCE_MS", default_value_t = 200)]
+    pub reload_debounce_ms: u64,
+    /// Allowed `Origin` values (comma-separated); requests with another Origin get 403.
+    #[arg(long, env = "MCPMUX_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Requests one tenant may have in flight at once (503 above).
+    #[arg(long, env = "MCPMUX_MAX_INFLIGHT_PER_TENANT", default_value_t = 256)]
+    pub max_inflight_per_tenant: usize,
+    /// Seconds a session may go unused before it is forgotten (404 afterwards).
+    #[arg(long, env = "MCPMUX_SESSION_TTL", default_value_t = 3600)]
+    pub session_ttl: u64,
+    /// Seconds to let in-flight requests finish on SIGTERM before children are stopped.
+    #[arg(long, env = "MCPMUX_SHUTDOWN_GRACE", default_value_t = 30.0)]
+    pub shutdown_grace: f64,
+}

@@ -1,0 +1,553 @@
+//! The relay: one child generation of one tenant, shared by all of its sessions.
+//!
+//! Every request sent to the child gets a fresh child-side id (and, when it asked for
+//! progress, a fresh progress token equal to that id); the caller's id and token bytes
+//! are kept in the pending map and spliced back into what the child sends. Messages are
+//! never re-serialized. Invariant: a pending entry is completed exactly once — by the
+//! child's response, by the exit epilogue, or by its [`Call`] being dropped (which tells
+//! the child `notifications/cancelled`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::json;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::envelope::{self, Envelope, INTERNAL_ERROR, Kind, METHOD_NOT_FOUND, span_of, splice};
+use super::session::Sessions;
+use crate::child::{ChildEvent, ChildHandle, ExitInfo, ExitReason};
+use crate::clients::ClientId;
+
+/// Related messages (progress) queued per request before further ones are dropped.
+pub const RELATED_QUEUE: usize = 64;
+/// JSON-RPC code for a request that timed out (as the MCP SDKs use).
+pub const REQUEST_TIMEOUT: i64 = -32001;
+
+struct Pending {
+    orig_id: Bytes,
+    orig_token: Option<Bytes>,
+    session: Option<Arc<str>>,
+    related: mpsc::Sender<Bytes>,
+    done: oneshot::Sender<Bytes>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One running child and everything in flight on it.
+pub struct Relay {
+    client_id: ClientId,
+    child: ChildHandle,
+    spec_hash: [u8; 32],
+    started: Instant,
+    next_id: AtomicU64,
+    pending: Mutex<HashMap<u64, Pending>>,
+    alive: AtomicBool,
+    retiring: AtomicBool,
+    inflight: AtomicUsize,
+    idle_since: Mutex<Instant>,
+    exit: OnceLock<ExitInfo>,
+    sessions: Arc<Sessions>,
+    idle: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("client_id", &self.client_id)
+            .field("pid", &self.pid())
+            .finish()
+    }
+}
+
+/// Why a request could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The child is gone.
+    #[error("{0}")]
+    Gone(String),
+}
+
+impl Relay {
+    /// Wraps a freshly spawned child; `idle` is notified whenever the relay goes idle.
+    pub fn new(
+        client_id: ClientId,
+        child: ChildHandle,
+        spec_hash: [u8; 32],
+        sessions: Arc<Sessions>,
+        idle: Arc<Notify>,
+    ) -> Arc<Self> {
+        let now = Instant::now();
+        Arc::new(Self {
+            client_id,
+            child,
+            spec_hash,
+            started: now,
+            next_id: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            alive: AtomicBool::new(true),
+            retiring: AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
+            idle_since: Mutex::new(now),
+            exit: OnceLock::new(),
+            sessions,
+            idle,
+        })
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// Hash of the client file the child was started from.
+    pub fn spec_hash(&self) -> [u8; 32] {
+        self.spec_hash
+    }
+
+    /// When the child was started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// True while the child runs and no replacement was asked for.
+    pub fn usable(&self) -> bool {
+        self.alive.load(Ordering::Acquire) && !self.retiring.load(Ordering::Acquire)
+    }
+
+    /// Requests in flight now.
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Acquire)
+    }
+
+    /// Since when nothing has been in flight (meaningful only when `inflight() == 0`).
+    pub fn idle_since(&self) -> Instant {
+        *lock(&self.idle_since)
+    }
+
+    /// How the child ended, once it has.
+    pub fn exit_info(&self) -> Option<&ExitInfo> {
+        self.exit.get()
+    }
+
+    /// Stops handing this relay out; the child stops once its in-flight work is done.
+    pub fn retire(&self) {
+        self.retiring.store(true, Ordering::Release);
+        if self.inflight() == 0 {
+            self.child.stop();
+        }
+    }
+
+    /// Starts the child's stop sequence now.
+    pub fn stop(&self) {
+        self.retiring.store(true, Ordering::Release);
+        self.child.stop();
+    }
+
+    /// Resolves when the child and its process group are gone.
+    pub async fn stopped(&self) {
+        self.child.stopped().await;
+    }
+
+    /// Consumes the child's events until it exits; returns how it ended.
+    pub async fn run(self: Arc<Self>, mut events: mpsc::Receiver<ChildEvent>) -> ExitInfo {
+        while let Some(event) = events.recv().await {
+            match event {
+                ChildEvent::Line(line) => self.on_line(line),
+                ChildEvent::Exited(info) => return self.on_exit(info),
+            }
+        }
+        // The actor always ends with Exited; this covers its task dying instead.
+        self.on_exit(ExitInfo {
+            reason: ExitReason::Exited,
+            code: None,
+            signal: None,
+            status: "child supervisor ended".into(),
+            stderr_tail: self.child.stderr_tail(),
+        })
+    }
+
+    /// Sends a caller's request (its raw bytes and envelope) and returns the pending call.
+    pub async fn call(
+        self: &Arc<Self>,
+        message: &[u8],
+        env: &Envelope<'_>,
+        session: Option<Arc<str>>,
+    ) -> Result<Call, SendError> {
+        let orig_id = env.id.map(|id| Bytes::copy_from_slice(id.get().as_bytes()));
+        let orig_id = orig_id.unwrap_or_else(|| Bytes::from_static(b"null"));
+        let child_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let child_id_text = child_id.to_string();
+        let mut edits = Vec::with_capacity(2);
+        if let Some(span) = env.id.and_then(|id| span_of(message, id.get())) {
+            edits.push((span, child_id_text.as_bytes()));
+        }
+        let token = envelope::progress_token(env.params);
+        let orig_token = token.map(|t| Bytes::copy_from_slice(t.get().as_bytes()));
+        if let Some(span) = token.and_then(|t| span_of(message, t.get())) {
+            edits.push((span, child_id_text.as_bytes()));
+        }
+        let line = Bytes::from(splice(message, &mut edits));
+        self.send_request(child_id, line, orig_id, orig_token, session)
+            .await
+    }
+
+    /// Sends `initialize` with the given raw params; returns the raw `result`.
+    pub async fn initialize(
+        self: &Arc<Self>,
+        params: &str,
+        timeout: Duration,
+    ) -> Result<Bytes, InitError> {
+        let child_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let line = format!(
+            r#"{{"jsonrpc":"2.0","id":{child_id},"method":"initialize","params":{params}}}"#
+        );
+        let mut call = self
+            .send_request(child_id, line.into(), Bytes::from_static(b"0"), None, None)
+            .await
+            .map_err(|e| InitError::Failed(e.to_string()))?;
+        call.cancellable = false; // initialize must never be cancelled (MCP lifecycle)
+        let reply = loop {
+            match call.next(timeout).await {
+                CallEvent::Related(_) => continue,
+                CallEvent::Final(bytes) => break bytes,
+            }
+        };
+        let result = init_result(&reply)?;
+        let note = Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        self.child
+            .send(note)
+            .await
+            .map_err(|e| InitError::Failed(e.to_string()))?;
+        Ok(result)
+    }
+
+    /// Forwards a caller's notification (already rewritten if needed).
+    pub async fn notify(&self, line: Bytes) -> Result<(), SendError> {
+        self.child
+            .send(line)
+            .await
+            .map_err(|e| SendError::Gone(e.to_string()))
+    }
+
+    /// The child-side id of a caller's in-flight request, for `notifications/cancelled`.
+    pub fn child_id_of(&self, session: &str, orig_id: &str) -> Option<u64> {
+        let pending = lock(&self.pending);
+        pending
+            .iter()
+            .find(|(_, p)| p.session.as_deref() == Some(session) && p.orig_id == orig_id.as_bytes())
+            .map(|(id, _)| *id)
+    }
+
+    async fn send_request(
+        self: &Arc<Self>,
+        child_id: u64,
+        line: Bytes,
+        orig_id: Bytes,
+        orig_token: Option<Bytes>,
+        session: Option<Arc<str>>,
+    ) -> Result<Call, SendError> {
+        let (related_tx, related) = mpsc::channel(RELATED_QUEUE);
+        let (done_tx, done) = oneshot::channel();
+        let guard = InflightGuard::new(self.clone());
+        {
+            let mut pending = lock(&self.pending);
+            // Checked under the lock the exit epilogue takes: no entry can be stranded.
+            if !self.alive.load(Ordering::Acquire) {
+                return Err(SendError::Gone(self.exit_message()));
+            }
+            let entry = Pending {
+                orig_id: orig_id.clone(),
+                orig_token,
+                session,
+                related: related_tx,
+                done: done_tx,
+            };
+            pending.insert(child_id, entry);
+        }
+        let call = Call {
+            relay: self.clone(),
+            child_id,
+            orig_id,
+            related,
+            done,
+            finished: false,
+            cancellable: true,
+            _guard: guard,
+        };
+        if let Err(e) = self.child.send(line).await {
+            return Err(SendError::Gone(format!("{}: {e}", self.exit_message())));
+        }
+        Ok(call)
+    }
+
+    fn exit_message(&self) -> String {
+        match self.exit.get() {
+            Some(info) => format!("child process exited ({})", info.status),
+            None => "child process is not running".into(),
+        }
+    }
+
+    fn on_line(&self, line: Bytes) {
+        let env = match envelope::parse(&line) {
+            Ok(env) => env,
+            Err(e) => {
+                warn!(client_id = %self.client_id, error = %e, "child wrote an invalid message; dropped");
+                return;
+            }
+        };
+        match env.kind {
+            Kind::Result | Kind::Error => self.on_response(&line, &env),
+            Kind::Notification => self.on_notification(&line, &env),
+            Kind::Request => self.on_child_request(&env),
+        }
+    }
+
+    fn on_response(&self, line: &[u8], env: &Envelope<'_>) {
+        let Some(id) = env.id else {
+            warn!(client_id = %self.client_id, message = %String::from_utf8_lossy(line), "child sent an error without id");
+            return;
+        };
+        let entry = id
+            .get()
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| lock(&self.pending).remove(&n));
+        let Some(entry) = entry else {
+            debug!(client_id = %self.client_id, id = id.get(), "response for no pending request; dropped");
+            return;
+        };
+        let restored = match span_of(line, id.get()) {
+            Some(span) => splice(line, &mut [(span, &entry.orig_id[..])]),
+            None => line.to_vec(),
+        };
+        let _ = entry.done.send(restored.into()); // the caller may have gone; nothing to do
+    }
+
+    fn on_notification(&self, line: &Bytes, env: &Envelope<'_>) {
+        match env.method.as_deref() {
+            Some("notifications/progress") => self.on_progress(line, env),
+            Some("notifications/cancelled") => {
+                debug!(client_id = %self.client_id, "child cancelled a request of its own; nothing to forward");
+            }
+            _ => {
+                let reached = self.sessions.broadcast(line);
+                debug!(client_id = %self.client_id, method = ?env.method, reached, "child notification");
+            }
+        }
+    }
+
+    fn on_progress(&self, line: &[u8], env: &Envelope<'_>) {
+        let Some(token) = envelope::notified_progress_token(env.params) else {
+            return;
+        };
+        let Ok(n) = token.get().parse::<u64>() else {
+            return;
+        };
+        let pending = lock(&self.pending);
+        // Progress for a finished or unknown request is dropped (MCP progress rules).
+        let Some(entry) = pending.get(&n) else { return };
+        let Some(orig) = &entry.orig_token else {
+            return;
+        };
+        let Some(span) = span_of(line, token.get()) else {
+            return;
+        };
+        let out = Bytes::from(splice(line, &mut [(span, &orig[..])]));
+        if entry.related.try_send(out).is_err() {
+            debug!(client_id = %self.client_id, "progress dropped: caller is not keeping up");
+        }
+    }
+
+    fn on_child_request(&self, env: &Envelope<'_>) {
+        let Some(id) = env.id else { return };
+        let method = env.method.as_deref().unwrap_or_default();
+        let reply = if method == "ping" {
+            format!(r#"{{"jsonrpc":"2.0","id":{},"result":{{}}}}"#, id.get()).into_bytes()
+        } else {
+            let message = format!("no session of this tenant can answer {method}");
+            envelope::error_response(id.get(), METHOD_NOT_FOUND, &message, None)
+        };
+        // Never leave the child waiting: an answer goes back at once.
+        if self.child.try_send(reply.into()).is_err() {
+            debug!(client_id = %self.client_id, "could not answer the child's request: input queue full");
+        }
+    }
+
+    fn on_exit(&self, info: ExitInfo) -> ExitInfo {
+        let drained: Vec<Pending> = {
+            let mut pending = lock(&self.pending);
+            self.alive.store(false, Ordering::Release);
+            pending.drain().map(|(_, p)| p).collect()
+        };
+        let message = exit_message(&info);
+        let data = exit_data(&info);
+        for entry in drained {
+            let id = String::from_utf8_lossy(&entry.orig_id).into_owned();
+            let reply = envelope::error_response(&id, INTERNAL_ERROR, &message, Some(&data));
+            let _ = entry.done.send(reply.into());
+        }
+        let _ = self.exit.set(info.clone());
+        info
+    }
+
+    fn abandon(&self, child_id: u64, cancellable: bool, reason: &str) {
+        let Some(_) = lock(&self.pending).remove(&child_id) else {
+            return;
+        };
+        if !cancellable || !self.alive.load(Ordering::Acquire) {
+            return;
+        }
+        let note = json!({
+            "jsonrpc": "2.0",
+            "method": "notifications/cancelled",
+            "params": { "requestId": child_id, "reason": reason },
+        });
+        if self.child.try_send(note.to_string().into()).is_err() {
+            debug!(client_id = %self.client_id, "cancellation not sent: input queue full");
+        }
+    }
+}
+
+/// The human message for a child that ended with requests in flight.
+pub fn exit_message(info: &ExitInfo) -> String {
+    match info.reason {
+        ExitReason::LineTooLong => "child process wrote an over-long line and was restarted".into(),
+        ExitReason::Stopped => format!("child process was stopped ({})", info.status),
+        ExitReason::Exited => format!("child process exited ({})", info.status),
+    }
+}
+
+/// `error.data` for failures caused by a child's exit: status and stderr tail.
+pub fn exit_data(info: &ExitInfo) -> serde_json::Value {
+    json!({
+        "exit_status": info.status,
+        "exit_code": info.code,
+        "signal": info.signal,
+        "stderr_tail": info.stderr_tail,
+    })
+}
+
+/// Why initializing a child failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// The child answered `initialize` with an error (its raw `error` object).
+    #[error("child rejected initialize: {0}")]
+    Rejected(String),
+    /// The child died or did not answer.
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn init_result(reply: &[u8]) -> Result<Bytes, InitError> {
+    #[derive(serde::Deserialize)]
+    struct Reply<'a> {
+        #[serde(borrow)]
+        result: Option<&'a serde_json::value::RawValue>,
+        #[serde(borrow)]
+        error: Option<&'a serde_json::value::RawValue>,
+    }
+    let parsed: Reply<'_> =
+        serde_json::from_slice(reply).map_err(|e| InitError::Failed(e.to_string()))?;
+    match (parsed.result, parsed.error) {
+        (Some(result), _) => Ok(Bytes::copy_from_slice(result.get().as_bytes())),
+        (None, Some(error)) => Err(InitError::Rejected(error.get().to_string())),
+        (None, None) => Err(InitError::Failed("empty reply to initialize".into())),
+    }
+}
+
+/// What a pending call yields.
+#[derive(Debug)]
+pub enum CallEvent {
+    /// A message related to the request (progress), caller's token restored.
+    Related(Bytes),
+    /// The final response, caller's id restored; nothing follows.
+    Final(Bytes),
+}
+
+/// A request in flight. Dropping it before its final response cancels it at the child.
+pub struct Call {
+    relay: Arc<Relay>,
+    child_id: u64,
+    orig_id: Bytes,
+    related: mpsc::Receiver<Bytes>,
+    done: oneshot::Receiver<Bytes>,
+    finished: bool,
+    cancellable: bool,
+    _guard: InflightGuard,
+}
+
+impl Call {
+    /// The next event; `timeout` restarts with every related message.
+    pub async fn next(&mut self, timeout: Duration) -> CallEvent {
+        if self.finished {
+            return self.failure(INTERNAL_ERROR, "request already answered");
+        }
+        tokio::select! {
+            biased; // related messages precede the final one the child sent after them
+            Some(message) = self.related.recv() => CallEvent::Related(message),
+            done = &mut self.done => {
+                self.finished = true;
+                match done {
+                    Ok(bytes) => CallEvent::Final(bytes),
+                    Err(_) => self.failure(INTERNAL_ERROR, "request was abandoned"),
+                }
+            }
+            () = tokio::time::sleep(timeout) => {
+                self.finished = true;
+                self.relay.abandon(self.child_id, self.cancellable, "request timed out");
+                let message = format!("request timed out after {} s without progress", timeout.as_secs_f64());
+                self.failure(REQUEST_TIMEOUT, &message)
+            }
+        }
+    }
+
+    fn failure(&self, code: i64, message: &str) -> CallEvent {
+        let id = String::from_utf8_lossy(&self.orig_id()).into_owned();
+        CallEvent::Final(envelope::error_response(&id, code, message, None).into())
+    }
+
+    fn orig_id(&self) -> Bytes {
+        self.orig_id.clone()
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.relay
+                .abandon(self.child_id, self.cancellable, "caller went away");
+        }
+    }
+}
+
+/// Counts a request in flight on a relay; the last one out marks the relay idle.
+struct InflightGuard {
+    relay: Arc<Relay>,
+}
+
+impl InflightGuard {
+    fn new(relay: Arc<Relay>) -> Self {
+        relay.inflight.fetch_add(1, Ordering::AcqRel);
+        Self { relay }
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        let relay = &self.relay;
+        *lock(&relay.idle_since) = Instant::now();
+        if relay.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if relay.retiring.load(Ordering::Acquire) {
+                relay.child.stop(); // a replaced child finishes its work, then goes
+            }
+            relay.idle.notify_one();
+        }
+    }
+}

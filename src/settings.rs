@@ -1,0 +1,92 @@
+//! Validated daemon settings, built from the command line before anything is bound.
+
+use std::time::Duration;
+
+use crate::child::ChildSettings;
+use crate::cli::ServeArgs;
+use crate::clients::Defaults;
+
+/// Sessions kept per tenant at most; beyond it `initialize` gets 503.
+pub const MAX_SESSIONS_PER_TENANT: usize = 10_000;
+
+/// Everything the daemon needs, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Per-file defaults and the clients directory.
+    pub defaults: Defaults,
+    /// Settings of every child.
+    pub child: ChildSettings,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Wait for an answer; progress restarts it.
+    pub request_timeout: Duration,
+    /// Debounce of the clients-directory watcher.
+    pub reload_debounce: Duration,
+    /// Allowed `Origin` values; empty allows none but requests without Origin.
+    pub allowed_origins: Vec<String>,
+    /// In-flight requests per tenant.
+    pub max_inflight_per_tenant: usize,
+    /// Unused sessions are forgotten after this.
+    pub session_ttl: Duration,
+    /// Drain deadline on SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+/// A setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting --{flag}: {reason}")]
+pub struct SettingsError {
+    flag: &'static str,
+    reason: String,
+}
+
+fn seconds(flag: &'static str, value: f64) -> Result<Duration, SettingsError> {
+    Duration::try_from_secs_f64(value).map_err(|e| SettingsError {
+        flag,
+        reason: e.to_string(),
+    })
+}
+
+fn positive(flag: &'static str, value: u64) -> Result<u64, SettingsError> {
+    if value == 0 {
+        return Err(SettingsError {
+            flag,
+            reason: "must be greater than 0".into(),
+        });
+    }
+    Ok(value)
+}
+
+impl Settings {
+    /// Validates the flags of `mcpmux serve`.
+    pub fn from_args(args: &ServeArgs) -> Result<Self, SettingsError> {
+        let clients_dir = std::path::absolute(&args.clients).map_err(|e| SettingsError {
+            flag: "clients",
+            reason: format!("{}: {e}", args.clients.display()),
+        })?;
+        Ok(Self {
+            defaults: Defaults {
+                clients_dir,
+                idle_ttl: Duration::from_secs(positive("idle-ttl", args.idle_ttl)?),
+            },
+            child: ChildSettings {
+                max_line_bytes: positive("max-line-bytes", args.max_line_bytes as u64)? as usize,
+                stop_grace: seconds("stop-grace", args.stop_grace)?,
+            },
+            max_body_bytes: positive("max-body-bytes", args.max_body_bytes as u64)? as usize,
+            request_timeout: seconds("request-timeout", args.request_timeout)?,
+            reload_debounce: Duration::from_millis(args.reload_debounce_ms),
+            allowed_origins: args
+                .allowed_origins
+                .iter()
+                .map(|o| o.trim().to_string())
+                .collect(),
+            max_inflight_per_tenant: positive(
+                "max-inflight-per-tenant",
+                args.max_inflight_per_tenant as u64,
+            )? as usize,
+            session_ttl: Duration::from_secs(positive("session-ttl", args.session_ttl)?),
+            shutdown_grace: seconds("shutdown-grace", args.shutdown_grace)?,
+        })
+    }
+}
