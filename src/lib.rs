@@ -1,7 +1,22 @@
 //! mcpmux: many tenants' stdio MCP servers behind one Streamable HTTP endpoint.
+//!
+//! # Layout
+//! - [`cli`], [`settings`]: flags and their validated form.
+//! - [`clients`]: client files, the registry of tenants, live reload.
+//! - [`child`]: supervised stdio processes (spawn, framing, stderr, stop sequence).
+//! - [`mcp`]: envelopes, sessions and the relay that multiplexes sessions onto a child.
+//! - [`pool`]: one child per tenant: single-flight start, backoff, reaping.
+//! - [`http`]: the `/mcp` endpoint.
+//! - [`daemon`], [`check`]: the two commands.
 
+pub mod check;
 pub mod child;
 pub mod cli;
 pub mod clients;
+pub mod daemon;
+pub mod http;
+pub mod logging;
 pub mod mcp;
+pub mod pool;
 pub mod settings;
+pub mod shutdown;

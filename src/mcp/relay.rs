@@ -53,6 +53,7 @@ pub struct Relay {
     inflight: AtomicUsize,
     idle_since: Mutex<Instant>,
     exit: OnceLock<ExitInfo>,
+    finished: tokio::sync::watch::Sender<bool>,
     sessions: Arc<Sessions>,
     idle: Arc<Notify>,
 }
@@ -96,6 +97,7 @@ impl Relay {
             inflight: AtomicUsize::new(0),
             idle_since: Mutex::new(now),
             exit: OnceLock::new(),
+            finished: tokio::sync::watch::Sender::new(false),
             sessions,
             idle,
         })
@@ -153,6 +155,17 @@ impl Relay {
     /// Resolves when the child and its process group are gone.
     pub async fn stopped(&self) {
         self.child.stopped().await;
+    }
+
+    /// Marks the exit as fully handled (by the owner of [`Relay::run`]).
+    pub fn finish(&self) {
+        self.finished.send_replace(true);
+    }
+
+    /// Resolves once the child exited and [`Relay::finish`] was called.
+    pub async fn finished(&self) {
+        let mut rx = self.finished.subscribe();
+        let _ = rx.wait_for(|done| *done).await; // the sender lives in self: never closed
     }
 
     /// Consumes the child's events until it exits; returns how it ended.

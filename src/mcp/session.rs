@@ -4,7 +4,7 @@
 //! [`Sessions`]), so a session id presented with another tenant's header is unknown: 404.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -35,7 +35,8 @@ pub struct Session {
     pub protocol_version: String,
     /// What this caller can answer.
     pub caps: CallerCaps,
-    stream: Mutex<Option<mpsc::Sender<Bytes>>>,
+    /// The open GET stream, tagged so an older stream's guard cannot close a newer one.
+    stream: Mutex<Option<(u64, mpsc::Sender<Bytes>)>>,
     last_seen: Mutex<Instant>,
 }
 
@@ -55,7 +56,7 @@ impl Session {
         let guard = lock(&self.stream);
         guard
             .as_ref()
-            .is_some_and(|tx| tx.try_send(message).is_ok())
+            .is_some_and(|(_, tx)| tx.try_send(message).is_ok())
     }
 }
 
@@ -156,13 +157,15 @@ impl Sessions {
         self: &Arc<Self>,
         session: &Arc<Session>,
     ) -> (mpsc::Receiver<Bytes>, StreamGuard) {
+        static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
+        let tag = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        *lock(&session.stream) = Some(tx.clone());
+        *lock(&session.stream) = Some((tag, tx));
         self.open_streams.fetch_add(1, Ordering::AcqRel);
         let guard = StreamGuard {
             sessions: self.clone(),
             session: session.clone(),
-            tx,
+            tag,
         };
         (rx, guard)
     }
@@ -173,14 +176,14 @@ impl Sessions {
 pub struct StreamGuard {
     sessions: Arc<Sessions>,
     session: Arc<Session>,
-    tx: mpsc::Sender<Bytes>,
+    tag: u64,
 }
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         let mut slot = lock(&self.session.stream);
         // Only unregister our own sender: a newer GET may have replaced it.
-        if slot.as_ref().is_some_and(|tx| tx.same_channel(&self.tx)) {
+        if slot.as_ref().is_some_and(|(tag, _)| *tag == self.tag) {
             slot.take();
         }
         drop(slot);
