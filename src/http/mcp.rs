@@ -178,7 +178,14 @@ async fn post(app: &Arc<App>, ctx: Ctx, req: http::Request<Incoming>) -> Respons
         Kind::Request => request(app, &ctx, &session, &body, &env, accept).await,
         Kind::Notification => notification(&ctx, &session, &body, &env).await,
         Kind::Result | Kind::Error => {
-            debug!(client_id = %ctx.tenant.id, "caller response with no child request to answer; dropped");
+            let relay = ctx.tenant.current_relay();
+            let delivered = match relay {
+                Some(relay) => relay.answer(&session.id, &body, &env).await,
+                None => false,
+            };
+            if !delivered {
+                debug!(client_id = %ctx.tenant.id, "caller response matches no child request; dropped");
+            }
             empty(StatusCode::ACCEPTED)
         }
     }

@@ -9,4 +9,5 @@
 
 pub mod envelope;
 pub mod relay;
+pub mod reverse;
 pub mod session;

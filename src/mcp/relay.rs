@@ -19,7 +19,8 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::envelope::{self, Envelope, INTERNAL_ERROR, Kind, METHOD_NOT_FOUND, span_of, splice};
-use super::session::Sessions;
+use super::reverse::{self, ReverseRequests};
+use super::session::{CallerCaps, Sessions};
 use crate::child::{ChildEvent, ChildHandle, ExitInfo, ExitReason};
 use crate::clients::ClientId;
 
@@ -55,6 +56,7 @@ pub struct Relay {
     exit: OnceLock<ExitInfo>,
     finished: tokio::sync::watch::Sender<bool>,
     sessions: Arc<Sessions>,
+    reverse: ReverseRequests,
     idle: Arc<Notify>,
 }
 
@@ -99,6 +101,7 @@ impl Relay {
             exit: OnceLock::new(),
             finished: tokio::sync::watch::Sender::new(false),
             sessions,
+            reverse: ReverseRequests::default(),
             idle,
         })
     }
@@ -318,7 +321,7 @@ impl Relay {
         match env.kind {
             Kind::Result | Kind::Error => self.on_response(&line, &env),
             Kind::Notification => self.on_notification(&line, &env),
-            Kind::Request => self.on_child_request(&env),
+            Kind::Request => self.on_child_request(&line, &env),
         }
     }
 
@@ -346,9 +349,7 @@ impl Relay {
     fn on_notification(&self, line: &Bytes, env: &Envelope<'_>) {
         match env.method.as_deref() {
             Some("notifications/progress") => self.on_progress(line, env),
-            Some("notifications/cancelled") => {
-                debug!(client_id = %self.client_id, "child cancelled a request of its own; nothing to forward");
-            }
+            Some("notifications/cancelled") => self.on_child_cancelled(line, env),
             _ => {
                 let reached = self.sessions.broadcast(line);
                 debug!(client_id = %self.client_id, method = ?env.method, reached, "child notification");
@@ -378,9 +379,14 @@ impl Relay {
         }
     }
 
-    fn on_child_request(&self, env: &Envelope<'_>) {
+    fn on_child_request(&self, line: &[u8], env: &Envelope<'_>) {
         let Some(id) = env.id else { return };
         let method = env.method.as_deref().unwrap_or_default();
+        if let Some(can) = reverse::capable(method)
+            && self.forward_to_caller(line, id.get(), can)
+        {
+            return;
+        }
         let reply = if method == "ping" {
             format!(r#"{{"jsonrpc":"2.0","id":{},"result":{{}}}}"#, id.get()).into_bytes()
         } else {
@@ -390,6 +396,83 @@ impl Relay {
         // Never leave the child waiting: an answer goes back at once.
         if self.child.try_send(reply.into()).is_err() {
             debug!(client_id = %self.client_id, "could not answer the child's request: input queue full");
+        }
+    }
+
+    /// Sends a child request to one capable session: on the SSE reply of a request it has
+    /// in flight if any, else on its GET stream. False when no session can take it.
+    fn forward_to_caller(&self, line: &[u8], child_id: &str, can: fn(&CallerCaps) -> bool) -> bool {
+        let Some(span) = span_of(line, child_id) else {
+            return false;
+        };
+        for (session, related) in self.inflight_sessions() {
+            if !self.sessions.get(&session).is_some_and(|s| can(&s.caps)) {
+                continue;
+            }
+            let caller_id = self.reverse.register(child_id, session);
+            let out = Bytes::from(splice(
+                line,
+                &mut [(span.clone(), caller_id.to_string().as_bytes())],
+            ));
+            if related.try_send(out).is_ok() {
+                return true;
+            }
+            self.reverse.forget(caller_id);
+        }
+        for session in self.sessions.with_stream(|s| can(&s.caps)) {
+            let caller_id = self.reverse.register(child_id, session.id.clone());
+            let out = Bytes::from(splice(
+                line,
+                &mut [(span.clone(), caller_id.to_string().as_bytes())],
+            ));
+            if session.push(out) {
+                return true;
+            }
+            self.reverse.forget(caller_id);
+        }
+        false
+    }
+
+    /// Sessions with a request in flight, each with that request's reply channel.
+    fn inflight_sessions(&self) -> Vec<(Arc<str>, mpsc::Sender<Bytes>)> {
+        let pending = lock(&self.pending);
+        pending
+            .values()
+            .filter_map(|p| Some((p.session.clone()?, p.related.clone())))
+            .collect()
+    }
+
+    /// A caller's answer to a child request: restores the child's id and forwards it.
+    /// Answers to ids never issued to this session are dropped (false).
+    pub async fn answer(&self, session: &str, line: &[u8], env: &Envelope<'_>) -> bool {
+        let Some(id) = env.id else { return false };
+        let Some(child_id) = self.reverse.answer(session, id.get()) else {
+            return false;
+        };
+        let Some(span) = span_of(line, id.get()) else {
+            return false;
+        };
+        let out = Bytes::from(splice(line, &mut [(span, &child_id[..])]));
+        self.child.send(out).await.is_ok()
+    }
+
+    /// A child's cancellation of its own request to a caller: sent to that caller.
+    fn on_child_cancelled(&self, line: &[u8], env: &Envelope<'_>) {
+        let Some(request_id) = envelope::cancelled_request_id(env.params) else {
+            return;
+        };
+        let Some((session, caller_id)) = self.reverse.cancel(request_id.get()) else {
+            return;
+        };
+        let Some(span) = span_of(line, request_id.get()) else {
+            return;
+        };
+        let out = Bytes::from(splice(
+            line,
+            &mut [(span, caller_id.to_string().as_bytes())],
+        ));
+        if let Some(session) = self.sessions.get(&session) {
+            session.push(out);
         }
     }
 

@@ -141,6 +141,15 @@ impl Sessions {
         sessions.iter().filter(|s| s.push(message.clone())).count()
     }
 
+    /// Sessions with an open GET stream that satisfy `pred`.
+    pub fn with_stream(&self, pred: impl Fn(&Session) -> bool) -> Vec<Arc<Session>> {
+        let map = lock(&self.map);
+        map.values()
+            .filter(|s| lock(&s.stream).is_some() && pred(s))
+            .cloned()
+            .collect()
+    }
+
     /// Forgets sessions unused for `ttl` and without an open stream; returns how many.
     pub fn expire(&self, ttl: Duration) -> usize {
         let now = Instant::now();
