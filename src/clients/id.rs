@@ -33,7 +33,10 @@ impl ClientId {
             return Err(IdError::Empty);
         }
         let id = trimmed.to_ascii_lowercase();
-        if !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+        if !id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
             return Err(IdError::BadChar);
         }
         if id.len() > MAX_CLIENT_ID_LEN {
@@ -67,7 +70,11 @@ mod tests {
     #[test]
     fn accepts_and_normalises() {
         for (raw, want) in [("acme", "acme"), (" ACME1 ", "acme1"), ("\tz9\t", "z9")] {
-            assert_eq!(ClientId::parse(raw).map(|i| i.0), Ok(want.to_string()), "{raw:?}");
+            assert_eq!(
+                ClientId::parse(raw).map(|i| i.0),
+                Ok(want.to_string()),
+                "{raw:?}"
+            );
         }
         let longest = "a".repeat(MAX_CLIENT_ID_LEN);
         assert!(ClientId::parse(&longest).is_ok());
