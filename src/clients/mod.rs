@@ -14,9 +14,11 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use file::{FileError, load_dir, parse_file};
+pub use file::{
+    FileError, MAX_FILE_BYTES, MAX_IDLE_TTL_SECS, id_for_file_name, load_dir, parse_file,
+};
 pub use id::{ClientId, IdError, MAX_CLIENT_ID_LEN};
-pub use registry::{Diff, Registry, ReloadOutcome};
+pub use registry::{Diff, Registry, ReloadOutcome, Tenants};
 pub use watch::{ReloadHandle, WatchConfig, spawn_watcher};
 
 /// Daemon-wide defaults that a client file may override.
