@@ -90,15 +90,10 @@ async fn run(listen: SocketAddr, settings: Arc<Settings>) -> anyhow::Result<()> 
     let reaper = tokio::spawn(pool.clone().run_reaper(shutdown.clone()));
     let server = tokio::spawn(crate::http::serve(listener, app, settings.shutdown_grace));
 
-    loop {
-        match signals.next().await {
-            Request::Reload => {
-                info!("SIGHUP: rescanning clients");
-                if reload.reload_now().await.is_none() {
-                    warn!("reload requested but the watcher is not running");
-                }
-            }
-            Request::Shutdown => break,
+    while signals.next().await == Request::Reload {
+        info!("SIGHUP: rescanning clients");
+        if reload.reload_now().await.is_none() {
+            warn!("reload requested but the watcher is not running");
         }
     }
     info!(

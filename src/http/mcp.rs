@@ -203,14 +203,14 @@ fn session_of(ctx: &Ctx, headers: &HeaderMap) -> Result<Arc<Session>, Response<B
             "session not found; initialize a new session",
         ));
     };
-    if let Some(version) = headers.get(VERSION_HEADER) {
-        if version.as_bytes() != session.protocol_version.as_bytes() {
-            let msg = format!(
-                "MCP-Protocol-Version does not match the session's version {}",
-                session.protocol_version
-            );
-            return Err(rpc_error(StatusCode::BAD_REQUEST, INVALID_REQUEST, &msg));
-        }
+    if let Some(version) = headers.get(VERSION_HEADER)
+        && version.as_bytes() != session.protocol_version.as_bytes()
+    {
+        let msg = format!(
+            "MCP-Protocol-Version does not match the session's version {}",
+            session.protocol_version
+        );
+        return Err(rpc_error(StatusCode::BAD_REQUEST, INVALID_REQUEST, &msg));
     }
     Ok(session)
 }
@@ -464,10 +464,10 @@ async fn notification(
             .and_then(|r| cancelled_for_child(r, session, body, env)),
         _ => Some(Bytes::copy_from_slice(body)),
     };
-    if let (Some(relay), Some(line)) = (relay, line) {
-        if let Err(e) = relay.notify(line).await {
-            debug!(client_id = %ctx.tenant.id, error = %e, "notification not delivered");
-        }
+    if let (Some(relay), Some(line)) = (relay, line)
+        && let Err(e) = relay.notify(line).await
+    {
+        debug!(client_id = %ctx.tenant.id, error = %e, "notification not delivered");
     }
     empty(StatusCode::ACCEPTED)
 }

@@ -72,7 +72,8 @@ mod tests {
 
     #[test]
     fn header_rules_in_design_order() {
-        let cases: &[(&[&[u8]], Result<&str, &str>)] = &[
+        type Case<'a> = (&'a [&'a [u8]], Result<&'a str, &'a str>);
+        let cases: &[Case<'_>] = &[
             (&[], Err("MISSING_CLIENT_ID")),
             (&[b"   "], Err("MISSING_CLIENT_ID")),
             (&[b"a", b"a"], Err("DUPLICATE_CLIENT_ID")),
