@@ -1,0 +1,14 @@
+//! End-to-end tests: the real `mcpmux` binary, real child processes, real MCP callers.
+//!
+//! One integration crate (ripgrep `tests/tests.rs`), so everything links once; each file below
+//! is one area of behaviour, and `util` is the shared harness. Tests run in parallel: each gets
+//! its own clients directory and ephemeral ports.
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests may unwrap: a panic is how a test reports failure"
+)]
+
+mod util;
+
+mod interop;
+mod smoke;

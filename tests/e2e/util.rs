@@ -1,0 +1,790 @@
+//! The e2e harness: a unique clients directory per test, the real `mcpmux` binary on ephemeral
+//! ports, raw HTTP helpers, and `/proc` scans for leftover processes.
+//!
+//! Modelled on ripgrep's `tests/util.rs` (a temp dir per test, the binary from
+//! `CARGO_BIN_EXE_*`) and on the mini-redis and linkerd harnesses (bind `:0`, learn the address
+//! from the process itself). Readiness and log expectations are event-driven: a reader thread
+//! pushes each stderr line into a `tokio::sync::watch` channel, and waiters wake on every new
+//! line. Every wait has a deadline; its failure message states the contract that was broken.
+//!
+//! Not owned here: assertions about MCP semantics (the test modules make those).
+#![allow(
+    dead_code,
+    reason = "shared by every test module; each module uses only some of the helpers"
+)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+pub use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::time::{Instant, timeout, timeout_at};
+
+/// How long a freshly spawned daemon may take to log its listening address.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a daemon may take to exit after SIGTERM (drain grace plus child stop, with slack
+/// for a loaded 2-core CI machine).
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default bound for one HTTP exchange with the daemon, body included.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(20);
+/// The session-era protocol version the raw helpers speak.
+pub const PROTOCOL_VERSION: &str = "2025-11-25";
+/// The `Accept` value a conforming Streamable HTTP caller sends on POST.
+pub const ACCEPT_BOTH: &str = "application/json, text/event-stream";
+
+/// The repository root (where `Cargo.toml`, `clients/` and `tests/` live).
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A random hex string, for markers in child arguments and for unique names.
+pub fn unique_marker() -> String {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the OS random source must be available");
+    hex::encode(bytes)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients directory
+// ---------------------------------------------------------------------------------------------
+
+/// A clients directory unique to one test, removed when dropped.
+pub struct TempClients {
+    dir: tempfile::TempDir,
+}
+
+impl TempClients {
+    pub fn new() -> TempClients {
+        let dir = tempfile::Builder::new()
+            .prefix("mcpmux-e2e-clients-")
+            .tempdir()
+            .expect("a temp clients dir must be creatable");
+        TempClients { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The path of client `id`'s file, `<dir>/<id>.json`.
+    pub fn file(&self, id: &str) -> PathBuf {
+        self.path().join(format!("{id}.json"))
+    }
+
+    /// Writes `<id>.json` atomically (a hidden temp file renamed over the target, as careful
+    /// editors and config management do), so the daemon never sees a half-written file.
+    pub fn write(&self, id: &str, spec: &Value) {
+        let tmp = self
+            .path()
+            .join(format!(".{id}.json.{}.tmp", unique_marker()));
+        let body = serde_json::to_vec_pretty(spec).expect("a Value always serialises");
+        std::fs::write(&tmp, body).expect("temp client file must be writable");
+        std::fs::rename(&tmp, self.file(id)).expect("temp client file must rename into place");
+    }
+
+    /// Writes `name` (any file name, any bytes) in place, exactly as given.
+    pub fn write_raw(&self, name: &str, bytes: impl AsRef<[u8]>) {
+        std::fs::write(self.path().join(name), bytes).expect("raw client file must be writable");
+    }
+
+    pub fn remove(&self, id: &str) {
+        std::fs::remove_file(self.file(id)).expect("client file must exist to be removed");
+    }
+}
+
+/// `{"command": "mcp-echo"}`: the example child shipped beside `mcpmux`.
+pub fn echo_spec() -> Value {
+    json!({"command": "mcp-echo"})
+}
+
+/// The Python raw fixture child, `tests/fixtures/fake_child.py`, with `args` after the script.
+pub fn fake_child_spec(args: &[&str]) -> Value {
+    let script = repo_root().join("tests/fixtures/fake_child.py");
+    let mut argv = vec![Value::from(
+        script.to_str().expect("repo path must be UTF-8"),
+    )];
+    argv.extend(args.iter().map(|a| Value::from(*a)));
+    json!({"command": "python3", "args": argv})
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon
+// ---------------------------------------------------------------------------------------------
+
+/// Everything the daemon wrote to stderr so far, and whether the pipe has closed.
+#[derive(Default)]
+struct LogState {
+    lines: Vec<String>,
+    closed: bool,
+}
+
+/// A running `mcpmux serve`, killed on drop if still running.
+pub struct Daemon {
+    child: Child,
+    pid: u32,
+    addr: SocketAddr,
+    log: Arc<watch::Sender<LogState>>,
+    http: reqwest::Client,
+}
+
+impl Daemon {
+    /// Starts `mcpmux serve` on ephemeral tenant and admin ports, serving `clients`.
+    pub async fn start(clients: &TempClients, extra_args: &[&str]) -> Daemon {
+        Daemon::start_with_env(clients, extra_args, &[]).await
+    }
+
+    /// As [`Daemon::start`], with extra environment variables for the daemon.
+    pub async fn start_with_env(
+        clients: &TempClients,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        let mut args = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ];
+        let dir = clients.path().to_str().expect("temp path must be UTF-8");
+        args.extend(["--clients", dir]);
+        args.extend(extra_args);
+        Daemon::spawn(&args, env).await
+    }
+
+    /// Spawns the binary with exactly `args` and waits for its tenant listening address.
+    pub async fn spawn(args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = mcpmux_command(args);
+        cmd.envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("the mcpmux binary must start");
+        let pid = child.id().expect("a just-spawned child has a pid");
+        let stderr = child.stderr.take().expect("stderr was piped");
+        let log = Arc::new(watch::Sender::new(LogState::default()));
+        spawn_log_reader(
+            pid,
+            stderr.into_owned_fd().expect("stderr pipe fd"),
+            log.clone(),
+        );
+        let http = reqwest::Client::builder()
+            .timeout(HTTP_TIMEOUT)
+            .build()
+            .expect("a plain-HTTP reqwest client must build");
+        let mut daemon = Daemon {
+            child,
+            pid,
+            addr: ([0, 0, 0, 0], 0).into(),
+            log,
+            http,
+        };
+        let line = daemon
+            .wait_for_log_after(0, "listening on http://", STARTUP_TIMEOUT)
+            .await;
+        let Some(line) = line else {
+            let status = daemon.child.try_wait().ok().flatten();
+            panic!(
+                "daemon must report its listening address (exit status: {status:?}; stderr above)"
+            );
+        };
+        daemon.addr = tenant_addr_in(&daemon.logs()).unwrap_or_else(|| {
+            panic!("daemon must log `listening on http://<addr>/mcp`; first such line: {line}")
+        });
+        daemon
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>/mcp`, the tenant endpoint.
+    pub fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+
+    /// The admin listener's address, from its `listening on http://<addr>` log line (one whose
+    /// path is not `/mcp`). Waits a bounded time for that line.
+    pub async fn admin_addr(&self) -> SocketAddr {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let mut rx = self.log.subscribe();
+        loop {
+            if let Some(addr) = admin_addr_in(&rx.borrow_and_update().lines) {
+                return addr;
+            }
+            let woke = timeout_at(deadline, rx.changed()).await;
+            assert!(
+                matches!(woke, Ok(Ok(()))) && !self.log.borrow().closed,
+                "daemon must log its admin address as `listening on http://<addr>`"
+            );
+        }
+    }
+
+    /// The shared HTTP client (no TLS; `HTTP_TIMEOUT` per request).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// A copy of every stderr line so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.log.borrow().lines.clone()
+    }
+
+    /// The number of stderr lines so far: a mark for [`Daemon::wait_for_log_after`].
+    pub fn log_mark(&self) -> usize {
+        self.log.borrow().lines.len()
+    }
+
+    /// Waits until a stderr line contains `needle` and returns it; `None` if none did within
+    /// `within`, or if the daemon closed stderr (exited) first.
+    pub async fn wait_for_log(&self, needle: &str, within: Duration) -> Option<String> {
+        self.wait_for_log_after(0, needle, within).await
+    }
+
+    /// As [`Daemon::wait_for_log`], considering only lines after `mark` (see
+    /// [`Daemon::log_mark`]), for messages that recur (a second reload, a second spawn).
+    pub async fn wait_for_log_after(
+        &self,
+        mark: usize,
+        needle: &str,
+        within: Duration,
+    ) -> Option<String> {
+        let deadline = Instant::now() + within;
+        let mut rx = self.log.subscribe();
+        let mut next = mark;
+        loop {
+            {
+                let state = rx.borrow_and_update();
+                let fresh = state.lines.get(next..).unwrap_or_default();
+                if let Some(hit) = fresh.iter().find(|l| l.contains(needle)) {
+                    return Some(hit.clone());
+                }
+                next = next.max(state.lines.len());
+                if state.closed {
+                    return None;
+                }
+            }
+            match timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Sends `sig` to the daemon process.
+    pub fn signal(&self, sig: Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+        nix::sys::signal::kill(pid, sig).expect("daemon must be signalable");
+    }
+
+    /// SIGTERM, then waits (bounded by `STOP_TIMEOUT`) for the daemon to exit.
+    pub async fn stop(&mut self) -> ExitStatus {
+        if let Some(status) = self.child.try_wait().expect("try_wait on the daemon") {
+            return status;
+        }
+        self.signal(Signal::SIGTERM);
+        self.wait_exit(STOP_TIMEOUT).await.expect(
+            "daemon must exit after SIGTERM within STOP_TIMEOUT (drain, then stop children)",
+        )
+    }
+
+    /// Waits up to `within` for the daemon to exit on its own; `None` if it is still running.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        timeout(within, self.child.wait())
+            .await
+            .ok()
+            .map(|r| r.expect("waiting on the daemon must not fail"))
+    }
+
+    /// POSTs one JSON-RPC message; see [`post`].
+    pub async fn post(
+        &self,
+        client_id: Option<&str>,
+        session: Option<&str>,
+        body: &Value,
+    ) -> reqwest::Response {
+        post(self, client_id, session, body).await
+    }
+}
+
+/// A `Command` for the `mcpmux` binary under test, with the test's `MCPMUX_*` variables
+/// removed so a developer's environment cannot change what a test means.
+pub fn mcpmux_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mcpmux"));
+    cmd.args(args).env("NO_COLOR", "1");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("MCPMUX_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+/// Runs `mcpmux <args>` to completion (e.g. `check DIR`, or bad flags), bounded.
+pub async fn run_mcpmux(args: &[&str]) -> std::process::Output {
+    let mut cmd = mcpmux_command(args);
+    cmd.stdin(Stdio::null()).kill_on_drop(true);
+    timeout(STARTUP_TIMEOUT, cmd.output())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "`mcpmux {}` must finish within STARTUP_TIMEOUT",
+                args.join(" ")
+            )
+        })
+        .expect("the mcpmux binary must start")
+}
+
+/// Reads the daemon's stderr on a plain thread (so a busy or blocked test runtime can never
+/// leave the daemon blocked on a full pipe), echoing each line to the test's captured stderr.
+fn spawn_log_reader(pid: u32, fd: std::os::fd::OwnedFd, log: Arc<watch::Sender<LogState>>) {
+    // Ends at EOF: when the daemon (and anything sharing its stderr) has exited.
+    std::thread::spawn(move || {
+        for line in BufReader::new(std::fs::File::from(fd)).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("mcpmux[{pid}]| {line}");
+            log.send_modify(|s| s.lines.push(line));
+        }
+        log.send_modify(|s| s.closed = true);
+    });
+}
+
+/// The `<addr>` of the first `listening on http://<addr><path>` in `lines` whose path
+/// satisfies `want_path`.
+fn listening_addr_in(lines: &[String], want_path: impl Fn(&str) -> bool) -> Option<SocketAddr> {
+    const PREFIX: &str = "listening on http://";
+    lines.iter().find_map(|line| {
+        let rest = &line[line.find(PREFIX)? + PREFIX.len()..];
+        let end = rest
+            .find(|c: char| c == '/' || c.is_whitespace() || c == '"')
+            .unwrap_or(rest.len());
+        let addr = rest[..end].parse().ok()?;
+        want_path(&rest[end..]).then_some(addr)
+    })
+}
+
+fn tenant_addr_in(lines: &[String]) -> Option<SocketAddr> {
+    listening_addr_in(lines, |path| path.starts_with("/mcp"))
+}
+
+fn admin_addr_in(lines: &[String]) -> Option<SocketAddr> {
+    listening_addr_in(lines, |path| !path.starts_with("/mcp"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+// ---------------------------------------------------------------------------------------------
+
+/// A request to the tenant endpoint with the headers a conforming caller sends: `Accept` for
+/// JSON and SSE, plus `X-Client-ID` and `Mcp-Session-Id` when given.
+pub fn mcp_request(
+    daemon: &Daemon,
+    method: reqwest::Method,
+    client_id: Option<&str>,
+    session: Option<&str>,
+) -> reqwest::RequestBuilder {
+    let mut req = daemon
+        .http()
+        .request(method, daemon.url())
+        .header("Accept", ACCEPT_BOTH);
+    if let Some(id) = client_id {
+        req = req.header("X-Client-ID", id);
+    }
+    if let Some(s) = session {
+        req = req.header("Mcp-Session-Id", s);
+    }
+    req
+}
+
+/// POSTs one JSON-RPC message as `application/json`; returns the response unread.
+pub async fn post(
+    daemon: &Daemon,
+    client_id: Option<&str>,
+    session: Option<&str>,
+    body: &Value,
+) -> reqwest::Response {
+    mcp_request(daemon, reqwest::Method::POST, client_id, session)
+        .header("Content-Type", "application/json")
+        .body(serde_json::to_vec(body).expect("a Value always serialises"))
+        .send()
+        .await
+        .expect("daemon must answer a POST to /mcp")
+}
+
+/// The `params` of a 2025-11-25 `initialize` from a caller with no capabilities.
+pub fn initialize_params() -> Value {
+    json!({
+        "protocolVersion": PROTOCOL_VERSION,
+        "capabilities": {},
+        "clientInfo": {"name": "mcpmux-e2e", "version": "0.0.0"}
+    })
+}
+
+/// Runs the session-era handshake for `client_id` (`initialize`, then
+/// `notifications/initialized`) and returns the `Mcp-Session-Id`.
+pub async fn initialize(daemon: &Daemon, client_id: &str) -> String {
+    initialize_with(daemon, client_id, initialize_params())
+        .await
+        .0
+}
+
+/// As [`initialize`] with the given `params`; returns the session id and the `result`.
+pub async fn initialize_with(daemon: &Daemon, client_id: &str, params: Value) -> (String, Value) {
+    let req = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params});
+    let resp = post(daemon, Some(client_id), None, &req).await;
+    assert_eq!(
+        resp.status(),
+        200,
+        "initialize must succeed for known client {client_id}"
+    );
+    let session = resp
+        .headers()
+        .get("mcp-session-id")
+        .expect("initialize response must carry Mcp-Session-Id")
+        .to_str()
+        .expect("Mcp-Session-Id must be visible ASCII")
+        .to_owned();
+    let result = response_to(&messages(resp).await, &json!(0)).clone();
+    let result = result
+        .get("result")
+        .cloned()
+        .expect("initialize must return a result, not an error");
+    let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let resp = post(daemon, Some(client_id), Some(&session), &note).await;
+    assert_eq!(
+        resp.status(),
+        202,
+        "notifications/initialized must be accepted with 202"
+    );
+    (session, result)
+}
+
+/// Sends request `method` with `params` (id 1) in `session` and returns the JSON-RPC response
+/// message (with `result` or `error`), skipping any notifications streamed before it.
+pub async fn rpc(
+    daemon: &Daemon,
+    client_id: &str,
+    session: &str,
+    method: &str,
+    params: Value,
+) -> Value {
+    let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let resp = post(daemon, Some(client_id), Some(session), &req).await;
+    assert_eq!(
+        resp.status(),
+        200,
+        "{method} in a live session must be answered with 200"
+    );
+    response_to(&messages(resp).await, &json!(1)).clone()
+}
+
+/// `tools/call` of `name` with `arguments`; returns the JSON-RPC response message.
+pub async fn call_tool(
+    daemon: &Daemon,
+    client_id: &str,
+    session: &str,
+    name: &str,
+    arguments: Value,
+) -> Value {
+    rpc(
+        daemon,
+        client_id,
+        session,
+        "tools/call",
+        json!({"name": name, "arguments": arguments}),
+    )
+    .await
+}
+
+/// The response (a message with `id` and `result` or `error`) to request `id` in `messages`.
+pub fn response_to<'a>(messages: &'a [Value], id: &Value) -> &'a Value {
+    messages
+        .iter()
+        .find(|m| {
+            m.get("id") == Some(id) && (m.get("result").is_some() || m.get("error").is_some())
+        })
+        .unwrap_or_else(|| panic!("no response to id {id} among {messages:#?}"))
+}
+
+/// Reads the whole body (bounded by `HTTP_TIMEOUT`) and returns the JSON-RPC messages it
+/// carries: one for `application/json`, each non-empty `data:` event for `text/event-stream`
+/// (an empty one is a resumability priming event, not a message), none for an empty 202. Panics on any other content type, showing status and body.
+pub async fn messages(resp: reqwest::Response) -> Vec<Value> {
+    let status = resp.status();
+    let ctype = content_type(&resp);
+    let body = timeout(HTTP_TIMEOUT, resp.bytes())
+        .await
+        .expect("a POST response body must complete (an SSE answer ends after the final response)")
+        .expect("response body must be readable");
+    if status == 202 && body.is_empty() {
+        return Vec::new();
+    }
+    if ctype.starts_with("application/json") {
+        let value: Value = serde_json::from_slice(&body).unwrap_or_else(|e| {
+            panic!("{status} application/json body must be JSON ({e}): {body:?}")
+        });
+        return vec![value];
+    }
+    if ctype.starts_with("text/event-stream") {
+        let text = std::str::from_utf8(&body).expect("an SSE body must be UTF-8");
+        let events = parse_sse(text).into_iter().filter(|e| !e.data.is_empty());
+        return events.map(|e| parse_json(&e.data)).collect();
+    }
+    panic!(
+        "{status} with unexpected content type {ctype:?}: {}",
+        String::from_utf8_lossy(&body)
+    )
+}
+
+fn content_type(resp: &reqwest::Response) -> String {
+    let h = resp.headers().get("content-type");
+    h.and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
+fn parse_json(data: &str) -> Value {
+    serde_json::from_str(data)
+        .unwrap_or_else(|e| panic!("SSE data must be one JSON message ({e}): {data}"))
+}
+
+/// One server-sent event (only the fields MCP uses).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// Parses complete SSE text into its events with data (comments and data-less events dropped).
+pub fn parse_sse(text: &str) -> Vec<SseEvent> {
+    let mut parser = SseParser::default();
+    let mut events = parser.push(text.as_bytes());
+    events.extend(parser.push(b"\n\n"));
+    events
+}
+
+/// An incremental SSE parser (WHATWG rules for `id`, `event`, `data`; `\n` or `\r\n` ends).
+#[derive(Default)]
+pub struct SseParser {
+    pending: Vec<u8>,
+    current: SseEvent,
+    has_data: bool,
+}
+
+impl SseParser {
+    /// Feeds bytes (chunks may split lines and characters); returns the events it completed.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
+        self.pending.extend_from_slice(chunk);
+        let mut done = Vec::new();
+        while let Some(nl) = self.pending.iter().position(|&b| b == b'\n') {
+            let raw: Vec<u8> = self.pending.drain(..=nl).collect();
+            let line = std::str::from_utf8(&raw).expect("an SSE line must be UTF-8");
+            let line = line.trim_end_matches('\n').trim_end_matches('\r');
+            if line.is_empty() {
+                if std::mem::take(&mut self.has_data) {
+                    done.push(std::mem::take(&mut self.current));
+                }
+                self.current = SseEvent::default();
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "data" if self.has_data => {
+                    self.current.data.push('\n');
+                    self.current.data.push_str(value);
+                }
+                "data" => {
+                    self.current.data.push_str(value);
+                    self.has_data = true;
+                }
+                "id" => self.current.id = Some(value.to_owned()),
+                "event" => self.current.event = Some(value.to_owned()),
+                _ => {} // comments (empty field) and retry
+            }
+        }
+        done
+    }
+}
+
+/// An open `text/event-stream` response read message by message (a session's GET stream, or
+/// a POST answer consumed while it is still open).
+pub struct SseStream {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    parser: SseParser,
+    ready: std::collections::VecDeque<SseEvent>,
+}
+
+impl SseStream {
+    /// Wraps `resp`, asserting it is a 200 `text/event-stream`.
+    pub fn new(resp: reqwest::Response) -> SseStream {
+        assert_eq!(resp.status(), 200, "an SSE stream must open with 200");
+        let ctype = content_type(&resp);
+        assert!(
+            ctype.starts_with("text/event-stream"),
+            "expected an SSE stream, got {ctype:?}"
+        );
+        SseStream {
+            body: Box::pin(resp.bytes_stream()),
+            parser: SseParser::default(),
+            ready: Default::default(),
+        }
+    }
+
+    /// The next event; `None` if the stream ended. Panics with `contract` after `within`.
+    pub async fn next_event(&mut self, within: Duration, contract: &str) -> Option<SseEvent> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(ev) = self.ready.pop_front() {
+                return Some(ev);
+            }
+            let chunk = timeout_at(deadline, self.body.next())
+                .await
+                .unwrap_or_else(|_| panic!("{contract}"));
+            let chunk = chunk?;
+            let chunk = chunk.expect("SSE stream must not fail mid-event");
+            self.ready.extend(self.parser.push(&chunk));
+        }
+    }
+
+    /// The next JSON-RPC message (events with empty data, such as a resumability priming
+    /// event, are skipped). Panics with `contract` after `within`, or if the stream ends first.
+    pub async fn next_message(&mut self, within: Duration, contract: &str) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ev = self.next_event(left, contract).await;
+            let ev = ev.unwrap_or_else(|| panic!("stream ended: {contract}"));
+            if !ev.data.is_empty() {
+                return parse_json(&ev.data);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------------------------
+
+/// Pids of live processes with an argument containing `marker` (from `/proc/*/cmdline`).
+/// Zombies have an empty cmdline and are not found: see [`zombie_children_of`].
+pub fn processes_with_marker(marker: &str) -> Vec<u32> {
+    let me = std::process::id();
+    let mut pids: Vec<u32> = proc_pids()
+        .filter(|&pid| pid != me)
+        .filter(|&pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            cmdline
+                .split(|&b| b == 0)
+                .any(|arg| String::from_utf8_lossy(arg).contains(marker))
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// Children of `parent` in state Z (exited, not reaped), from `/proc/*/stat`.
+pub fn zombie_children_of(parent: u32) -> Vec<u32> {
+    proc_pids()
+        .filter(|&pid| proc_stat(pid).is_some_and(|(state, ppid)| ppid == parent && state == 'Z'))
+        .collect()
+}
+
+/// `(state, ppid)` of `pid` from `/proc/<pid>/stat`; `None` if it is gone.
+pub fn proc_stat(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid ...`; comm may hold spaces and parentheses, so split at the last ')'.
+    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    Some((state, rest.next()?.parse().ok()?))
+}
+
+fn proc_pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc must be readable (tests run on Linux)")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+}
+
+/// Waits until no live process carries `marker`; `Err(pids)` with the survivors after `within`.
+///
+/// This is the harness's one polling wait, and deliberately so: a test cannot be notified of
+/// the exit of a process that is not its child (a daemon's grandchild), so it re-scans `/proc`
+/// every 25 ms until the deadline. Waits on our own processes and on the daemon's log use
+/// events instead.
+pub async fn wait_no_process_with_marker(marker: &str, within: Duration) -> Result<(), Vec<u32>> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = processes_with_marker(marker);
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(left);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The harness's own pure parts
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_parser_joins_data_lines_and_survives_split_chunks() {
+        let text =
+            ": keep-alive\n\nid: 7\nevent: message\ndata: {\"a\":\r\ndata: 1}\n\ndata: é\n\n";
+        let mut parser = SseParser::default();
+        let mut events = Vec::new();
+        for byte in text.as_bytes() {
+            events.extend(parser.push(std::slice::from_ref(byte)));
+        }
+        let want = vec![
+            SseEvent {
+                id: Some("7".into()),
+                event: Some("message".into()),
+                data: "{\"a\":\n1}".into(),
+            },
+            SseEvent {
+                data: "é".into(),
+                ..SseEvent::default()
+            },
+        ];
+        assert_eq!(events, want);
+        assert_eq!(parse_sse(text), want, "the whole-text parser must agree");
+    }
+
+    #[test]
+    fn listening_lines_give_tenant_and_admin_addresses() {
+        let lines = [
+            "2026-11-25T08:00:00Z  INFO mcpmux: admin listening on http://127.0.0.1:4001/"
+                .to_owned(),
+            r#"{"fields":{"message":"listening on http://127.0.0.1:4000/mcp"}}"#.to_owned(),
+        ];
+        assert_eq!(
+            tenant_addr_in(&lines),
+            Some("127.0.0.1:4000".parse().unwrap())
+        );
+        assert_eq!(
+            admin_addr_in(&lines),
+            Some("127.0.0.1:4001".parse().unwrap())
+        );
+        assert_eq!(tenant_addr_in(&lines[..1]), None);
+    }
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs the pinned third-party parts of the interop tests:
+#   - tests/interop/node_modules  from package-lock.json (npm ci), for @modelcontextprotocol/server-everything;
+#   - target/interop-venv         a Python venv with requirements.txt (the `mcp` SDK client).
+# Idempotent and fast when already installed: each part records a hash of its pin file and is
+# reinstalled only when the pin changes or the install is missing. Safe to run concurrently
+# (serialised with flock). Needs network access to the npm registry and PyPI on first run.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+venv="$root/target/interop-venv"
+python="${PYTHON:-python3}"
+
+mkdir -p "$root/target"
+exec 9>"$root/target/interop-setup.lock"
+flock 9
+
+hash_of() { sha256sum "$@" | sha256sum | cut -d' ' -f1; }
+
+# --- npm: server-everything -------------------------------------------------------------
+npm_stamp="$here/node_modules/.mcpmux-interop-stamp"
+npm_want="$(hash_of "$here/package.json" "$here/package-lock.json")"
+if [[ ! -f "$npm_stamp" || "$(cat "$npm_stamp")" != "$npm_want" ]]; then
+    echo "interop setup: npm ci in $here" >&2
+    npm ci --prefix "$here" --no-audit --no-fund --loglevel=error >&2
+    echo "$npm_want" >"$npm_stamp"
+fi
+entry="$here/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+[[ -f "$entry" ]] || { echo "interop setup: $entry missing after npm ci" >&2; exit 1; }
+
+# --- pip: the mcp Python SDK ------------------------------------------------------------
+pip_stamp="$venv/.mcpmux-interop-stamp"
+pip_want="$(hash_of "$here/requirements.txt")"
+if [[ ! -f "$pip_stamp" || "$(cat "$pip_stamp")" != "$pip_want" ]]; then
+    echo "interop setup: creating $venv with $("$python" --version 2>&1)" >&2
+    rm -rf "$venv"
+    "$python" -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
+        -r "$here/requirements.txt" >&2
+    echo "$pip_want" >"$pip_stamp"
+fi
+"$venv/bin/python" -c 'import mcp.client.streamable_http' \
+    || { echo "interop setup: the mcp SDK in $venv does not import" >&2; exit 1; }
