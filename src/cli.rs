@@ -84,6 +84,9 @@ pub struct ServeArgs {
     /// Seconds a session may go unused before it is forgotten (404 afterwards).
     #[arg(long, env = "MCPMUX_SESSION_TTL", default_value_t = 3600)]
     pub session_ttl: u64,
+    /// Make /readyz fail (503) while any tenant's child is in a crash loop.
+    #[arg(long, env = "MCPMUX_READY_REQUIRES_NO_CRASHLOOP")]
+    pub ready_requires_no_crashloop: bool,
     /// Seconds to let in-flight requests finish on SIGTERM before children are stopped.
     #[arg(long, env = "MCPMUX_SHUTDOWN_GRACE", default_value_t = 30.0)]
     pub shutdown_grace: f64,

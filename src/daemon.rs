@@ -9,19 +9,24 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use std::time::Duration;
+
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::cli::ServeArgs;
-use crate::clients::{Registry, ReloadOutcome, WatchConfig, spawn_watcher};
+use crate::admin::Admin;
+use crate::clients::{Registry, ReloadHandle, ReloadOutcome, WatchConfig, spawn_watcher};
 use crate::http::{App, MCP_PATH};
 use crate::pool::Pool;
 use crate::settings::Settings;
 use crate::shutdown::{Request, Signals};
+use crate::systemd::{self, Heartbeat};
 
 /// Safety rescan interval, for file systems that lose events.
-const SAFETY_RESCAN: std::time::Duration = std::time::Duration::from_secs(60);
+const SAFETY_RESCAN: Duration = Duration::from_secs(60);
 /// Exit code for bad settings (sysexits EX_USAGE).
 const EX_USAGE: u8 = 64;
 
@@ -45,7 +50,7 @@ pub fn main(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args.listen, settings)) {
+    match runtime.block_on(run(args, settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -54,61 +59,126 @@ pub fn main(args: ServeArgs) -> ExitCode {
     }
 }
 
-async fn run(listen: SocketAddr, settings: Arc<Settings>) -> anyhow::Result<()> {
+async fn run(args: ServeArgs, settings: Arc<Settings>) -> anyhow::Result<()> {
     let mut signals = Signals::new().context("cannot install signal handlers")?;
+    let metrics = crate::metrics::install()
+        .map_err(|e| warn!(error = %e, "metrics recorder not installed; /metrics will be empty"))
+        .ok();
     let registry = Arc::new(Registry::new());
     let first = registry.reload(&settings.defaults);
     report_reload(&first);
-    info!(clients = registry.snapshot().len(), dir = %settings.defaults.clients_dir.display(), "clients loaded");
+    info!(
+        clients = registry.snapshot().len(),
+        dir = %settings.defaults.clients_dir.display(),
+        "clients loaded"
+    );
 
     let shutdown = CancellationToken::new();
     let pool = Pool::new(registry.clone(), settings.clone());
-    let watch = WatchConfig {
-        defaults: settings.defaults.clone(),
-        debounce: settings.reload_debounce,
-        safety_rescan: SAFETY_RESCAN,
-    };
-    let on_reload_pool = pool.clone();
-    let on_reload =
-        Arc::new(move |outcome: &ReloadOutcome| on_reload_pool.on_reload(&outcome.diff));
-    let (reload, watcher) = spawn_watcher(watch, registry.clone(), on_reload, shutdown.clone())
-        .with_context(|| format!("cannot watch {}", settings.defaults.clients_dir.display()))?;
-
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    let addr = listener
-        .local_addr()
-        .context("cannot read the bound address")?;
-    info!("listening on http://{addr}{MCP_PATH}");
+    let (reload, watcher) = start_watcher(&settings, &registry, &pool, &shutdown)?;
+    let (mcp_listener, admin_listener) = bind(&args).await?;
+    let heartbeats = [Heartbeat::default(), Heartbeat::default()];
 
     let app = Arc::new(App {
         pool: pool.clone(),
         settings: settings.clone(),
         shutdown: shutdown.clone(),
     });
-    let reaper = tokio::spawn(pool.clone().run_reaper(shutdown.clone()));
-    let server = tokio::spawn(crate::http::serve(listener, app, settings.shutdown_grace));
+    let admin = Arc::new(Admin {
+        pool: pool.clone(),
+        registry: registry.clone(),
+        metrics,
+        draining: shutdown.clone(),
+        crashloop_unready: args.ready_requires_no_crashloop,
+    });
+    let reaper = tokio::spawn(pool.clone().run_reaper(shutdown.clone(), heartbeats[1].clone()));
+    let grace = settings.shutdown_grace;
+    let tenant_port = move |req| {
+        let app = app.clone();
+        async move { app.handle(req).await }
+    };
+    let server = tokio::spawn(crate::http::serve(
+        mcp_listener,
+        tenant_port,
+        shutdown.clone(),
+        grace,
+        heartbeats[0].clone(),
+    ));
+    let admin_port = move |req| admin.clone().handle(req);
+    // The admin port must keep answering /readyz (503) while the tenant port drains.
+    let admin_stop = CancellationToken::new();
+    let admin_server = tokio::spawn(crate::http::serve(
+        admin_listener,
+        admin_port,
+        admin_stop.clone(),
+        Duration::from_secs(1),
+        Heartbeat::default(),
+    ));
+    let watchdog = tokio::spawn(systemd::run_watchdog(heartbeats.to_vec(), shutdown.clone()));
+    systemd::ready();
 
     while signals.next().await == Request::Reload {
         info!("SIGHUP: rescanning clients");
+        systemd::reloading();
         if reload.reload_now().await.is_none() {
             warn!("reload requested but the watcher is not running");
         }
+        systemd::ready();
     }
-    info!(
-        grace_secs = settings.shutdown_grace.as_secs_f64(),
-        "shutting down: draining in-flight requests"
-    );
+    info!(grace_secs = grace.as_secs_f64(), "shutting down: draining in-flight requests");
+    systemd::stopping();
     shutdown.cancel();
     tokio::select! {
         _ = server => {}
         _ = signals.next() => warn!("second signal: not waiting for in-flight requests"),
     }
     pool.shutdown().await;
-    let _ = tokio::join!(reaper, watcher);
+    admin_stop.cancel();
+    let _ = tokio::join!(reaper, watcher, watchdog, admin_server);
     info!("stopped");
     Ok(())
+}
+
+fn start_watcher(
+    settings: &Arc<Settings>,
+    registry: &Arc<Registry>,
+    pool: &Arc<Pool>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(ReloadHandle, JoinHandle<()>)> {
+    let watch = WatchConfig {
+        defaults: settings.defaults.clone(),
+        debounce: settings.reload_debounce,
+        safety_rescan: SAFETY_RESCAN,
+    };
+    let pool = pool.clone();
+    let on_reload = Arc::new(move |outcome: &ReloadOutcome| {
+        crate::metrics::reloaded(outcome.errors.len());
+        pool.on_reload(&outcome.diff);
+    });
+    spawn_watcher(watch, registry.clone(), on_reload, shutdown.clone())
+        .with_context(|| format!("cannot watch {}", settings.defaults.clients_dir.display()))
+}
+
+/// The tenant and admin listeners: from systemd socket activation when it passed them,
+/// else bound from the flags. Logs one line per address.
+async fn bind(args: &ServeArgs) -> anyhow::Result<(TcpListener, TcpListener)> {
+    let activated = systemd::activated().context("cannot adopt sockets passed by systemd")?;
+    let mcp = listener(activated.mcp, args.listen).await?;
+    let admin = listener(activated.admin, args.admin_listen).await?;
+    let mcp_addr = mcp.local_addr().context("cannot read the bound address")?;
+    let admin_addr = admin.local_addr().context("cannot read the bound address")?;
+    info!("listening on http://{mcp_addr}{MCP_PATH}");
+    info!("admin listening on http://{admin_addr} (/healthz /readyz /metrics /status)");
+    Ok((mcp, admin))
+}
+
+async fn listener(passed: Option<std::net::TcpListener>, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    match passed {
+        Some(std) => TcpListener::from_std(std).context("cannot use a socket passed by systemd"),
+        None => TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}")),
+    }
 }
 
 /// Logs what a reload changed and every file it could not use.

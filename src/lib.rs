@@ -7,8 +7,10 @@
 //! - [`mcp`]: envelopes, sessions and the relay that multiplexes sessions onto a child.
 //! - [`pool`]: one child per tenant: single-flight start, backoff, reaping.
 //! - [`http`]: the `/mcp` endpoint.
+//! - [`admin`], [`metrics`], [`systemd`]: operations.
 //! - [`daemon`], [`check`]: the two commands.
 
+pub mod admin;
 pub mod check;
 pub mod child;
 pub mod cli;
@@ -17,6 +19,8 @@ pub mod daemon;
 pub mod http;
 pub mod logging;
 pub mod mcp;
+pub mod metrics;
 pub mod pool;
 pub mod settings;
 pub mod shutdown;
+pub mod systemd;

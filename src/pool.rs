@@ -23,6 +23,7 @@ use crate::clients::{ClientId, ClientSpec, Diff, Registry};
 use crate::mcp::relay::{self, InitError, Relay};
 use crate::mcp::session::Sessions;
 use crate::settings::Settings;
+use crate::systemd::{HEARTBEAT, Heartbeat};
 
 /// A child that lived at least this long resets the crash count.
 pub const BACKOFF_RESET: Duration = Duration::from_secs(30);
@@ -66,7 +67,32 @@ struct Slot {
     crashes: u32,
     retry_at: Option<Instant>,
     restarts: u64,
-    last_exit: Option<ExitInfo>,
+    last_exit: Option<(ExitInfo, Instant)>,
+}
+
+/// One tenant as `/status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TenantStatus {
+    /// The tenant.
+    pub client_id: String,
+    /// `running`, `stopped` or `backoff`.
+    pub state: &'static str,
+    /// The child's pid while one runs.
+    pub pid: Option<u32>,
+    /// Seconds since the child started.
+    pub uptime_secs: Option<f64>,
+    /// Seconds since the child last had work (0 while busy).
+    pub idle_secs: Option<f64>,
+    /// Requests in flight.
+    pub inflight: usize,
+    /// Open sessions.
+    pub sessions: usize,
+    /// Unexpected exits and failed starts so far.
+    pub restarts: u64,
+    /// Seconds until the next start is allowed, in a crash loop.
+    pub retry_in_secs: Option<f64>,
+    /// How the last child ended.
+    pub last_exit: Option<serde_json::Value>,
 }
 
 /// One tenant's runtime state (the spec itself lives in the registry).
@@ -199,6 +225,7 @@ impl Pool {
             self.idle.clone(),
         );
         info!(client_id = %tenant.id, pid = relay.pid(), command = %spec.command, "child started");
+        crate::metrics::spawned(tenant.id.as_str());
         let (task_relay, task_tenant) = (relay.clone(), tenant.clone());
         // Owned by the child: ends when the child's event stream ends (it always does).
         tokio::spawn(async move {
@@ -237,15 +264,29 @@ impl Pool {
         StartError::Failed { message, data }
     }
 
+    /// Every configured tenant's state, sorted by id.
+    pub fn status(&self, registry: &Registry) -> Vec<TenantStatus> {
+        let mut ids: Vec<ClientId> = registry.snapshot().keys().cloned().collect();
+        ids.sort();
+        let tenants = lock(&self.tenants);
+        ids.iter()
+            .map(|id| match tenants.get(id) {
+                Some(tenant) => tenant.status(),
+                None => TenantStatus::unstarted(id),
+            })
+            .collect()
+    }
+
     /// Every tenant with runtime state.
     pub fn tenants(&self) -> Vec<Arc<Tenant>> {
         lock(&self.tenants).values().cloned().collect()
     }
 
     /// Stops idle children and expired sessions until `shutdown`.
-    pub async fn run_reaper(self: Arc<Self>, shutdown: CancellationToken) {
+    pub async fn run_reaper(self: Arc<Self>, shutdown: CancellationToken, heartbeat: Heartbeat) {
         loop {
-            let next = self.reap_once();
+            heartbeat.beat();
+            let next = self.reap_once().min(Instant::now() + HEARTBEAT);
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = self.idle.notified() => {}
@@ -286,7 +327,59 @@ impl Pool {
     }
 }
 
+impl TenantStatus {
+    fn unstarted(id: &ClientId) -> Self {
+        Self {
+            client_id: id.to_string(),
+            state: "stopped",
+            pid: None,
+            uptime_secs: None,
+            idle_secs: None,
+            inflight: 0,
+            sessions: 0,
+            restarts: 0,
+            retry_in_secs: None,
+            last_exit: None,
+        }
+    }
+}
+
 impl Tenant {
+    /// The tenant as `/status` shows it.
+    pub fn status(&self) -> TenantStatus {
+        let now = Instant::now();
+        let slot = lock(&self.slot);
+        let relay = slot.relay.as_ref();
+        let retry_in = slot.retry_at.filter(|at| *at > now).map(|at| (at - now).as_secs_f64());
+        let inflight = relay.map_or(0, |r| r.inflight());
+        let state = match (relay, retry_in) {
+            (Some(_), _) => "running",
+            (None, Some(_)) => "backoff",
+            (None, None) => "stopped",
+        };
+        TenantStatus {
+            client_id: self.id.to_string(),
+            state,
+            pid: relay.map(|r| r.pid()),
+            uptime_secs: relay.map(|r| (now - r.started()).as_secs_f64()),
+            idle_secs: relay.map(|r| if inflight > 0 { 0.0 } else { (now - r.idle_since()).as_secs_f64() }),
+            inflight,
+            sessions: self.sessions.len(),
+            restarts: slot.restarts,
+            retry_in_secs: retry_in,
+            last_exit: slot.last_exit.as_ref().map(|(info, at)| {
+                json!({
+                    "reason": format!("{:?}", info.reason).to_lowercase(),
+                    "status": info.status,
+                    "exit_code": info.code,
+                    "signal": info.signal,
+                    "secs_ago": (now - *at).as_secs_f64(),
+                    "stderr_tail": info.stderr_tail,
+                })
+            }),
+        }
+    }
+
     fn ready(&self, spec: &ClientSpec) -> Option<(Arc<Relay>, InitCache)> {
         let slot = lock(&self.slot);
         let relay = slot.relay.as_ref()?;
@@ -323,6 +416,7 @@ impl Tenant {
     }
 
     fn record_crash(&self, lived: Option<Duration>) {
+        crate::metrics::crashed(self.id.as_str());
         let mut slot = lock(&self.slot);
         slot.crashes = match lived {
             Some(lived) if lived >= BACKOFF_RESET => 1,
@@ -339,7 +433,7 @@ impl Tenant {
             if slot.relay.as_ref().is_some_and(|r| Arc::ptr_eq(r, relay)) {
                 slot.relay = None;
             }
-            slot.last_exit = Some(info.clone());
+            slot.last_exit = Some((info.clone(), Instant::now()));
         }
         if info.reason == ExitReason::Stopped {
             info!(client_id = %self.id, pid = relay.pid(), status = %info.status, "child stopped");
@@ -366,6 +460,7 @@ impl Tenant {
         let relay = slot.relay.take()?;
         drop(slot);
         info!(client_id = %self.id, pid = relay.pid(), idle_secs = ttl.as_secs(), "reaping idle child");
+        crate::metrics::reaped(self.id.as_str());
         relay.stop();
         None
     }

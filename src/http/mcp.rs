@@ -15,7 +15,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::App;
+use super::{App, Observed};
 use super::body::{Body, SseBody};
 use super::error::{ApiError, empty, json_response, rpc_error};
 use crate::clients::ClientSpec;
@@ -166,21 +166,39 @@ async fn post(app: &Arc<App>, ctx: Ctx, req: http::Request<Incoming>) -> Respons
         Ok(env) => env,
         Err(e) => return rpc_error(StatusCode::BAD_REQUEST, e.code(), &e.to_string()),
     };
+    let method = match env.kind {
+        Kind::Result | Kind::Error => "response",
+        _ => crate::metrics::method_label(env.method.as_deref().unwrap_or_default()),
+    };
+    let mut response = dispatch(app, &ctx, &headers, &body, &env, accept).await;
+    let pid = ctx.tenant.current_relay().map(|r| r.pid());
+    response.extensions_mut().insert(Observed { method, child_pid: pid });
+    response
+}
+
+async fn dispatch(
+    app: &Arc<App>,
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    body: &Bytes,
+    env: &Envelope<'_>,
+    accept: Accept,
+) -> Response<Body> {
     if env.kind == Kind::Request && env.method.as_deref() == Some("initialize") {
-        return initialize(app, &ctx, &env, accept).await;
+        return initialize(app, ctx, env, accept).await;
     }
-    let session = match session_of(&ctx, &headers) {
+    let session = match session_of(ctx, headers) {
         Ok(session) => session,
         Err(response) => return response,
     };
     session.touch();
     match env.kind {
-        Kind::Request => request(app, &ctx, &session, &body, &env, accept).await,
-        Kind::Notification => notification(&ctx, &session, &body, &env).await,
+        Kind::Request => request(app, ctx, &session, body, env, accept).await,
+        Kind::Notification => notification(ctx, &session, body, env).await,
         Kind::Result | Kind::Error => {
             let relay = ctx.tenant.current_relay();
             let delivered = match relay {
-                Some(relay) => relay.answer(&session.id, &body, &env).await,
+                Some(relay) => relay.answer(&session.id, body, env).await,
                 None => false,
             };
             if !delivered {

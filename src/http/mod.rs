@@ -4,7 +4,7 @@
 
 mod body;
 mod error;
-mod mcp;
+pub mod mcp;
 mod tenant;
 
 use std::convert::Infallible;
@@ -20,10 +20,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-pub use body::Body;
-pub use error::{ApiError, MSG_DUPLICATE_CLIENT_ID, MSG_INVALID_CLIENT_ID, MSG_MISSING_CLIENT_ID};
+pub use body::{Body, SseBody};
+pub use error::{ApiError, empty, json_response, MSG_DUPLICATE_CLIENT_ID, MSG_INVALID_CLIENT_ID, MSG_MISSING_CLIENT_ID};
 
 use crate::pool::Pool;
+use crate::systemd::{HEARTBEAT, Heartbeat};
 use crate::settings::Settings;
 
 /// Time a client gets to send its request headers.
@@ -42,16 +43,51 @@ pub struct App {
     pub shutdown: CancellationToken,
 }
 
+/// What a handler learned about a request, for metrics and the access log; attached to
+/// the response as an extension.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Observed {
+    /// Bounded method label ([`crate::metrics::method_label`]).
+    pub method: &'static str,
+    /// The child that served it, when one did.
+    pub child_pid: Option<u32>,
+}
+
 impl App {
-    /// Routes one request.
+    /// Routes one request, then records it (metrics, access log).
     pub async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let started = tokio::time::Instant::now();
+        let session = req.headers().get(mcp::SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let (response, client_id) = self.route(req).await;
+        let observed = response.extensions().get::<Observed>().copied().unwrap_or_default();
+        let method = if observed.method.is_empty() { "-" } else { observed.method };
+        let took = started.elapsed();
+        let client_label = client_id.as_deref().unwrap_or("-");
+        crate::metrics::request(client_label, method, response.status().as_u16(), took);
+        debug!(
+            client_id = client_label,
+            session = session.as_deref().unwrap_or("-"),
+            method,
+            status = response.status().as_u16(),
+            duration_ms = took.as_secs_f64() * 1000.0,
+            child_pid = observed.child_pid,
+            "request"
+        );
+        response
+    }
+
+    async fn route(self: &Arc<Self>, req: Request<Incoming>) -> (Response<Body>, Option<String>) {
         if req.uri().path() != MCP_PATH {
             let msg = format!("Not found. The MCP endpoint is {MCP_PATH}.");
-            return ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", msg).into_response();
+            let response = ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", msg).into_response();
+            return (response, None);
         }
         match self.admit(&req) {
-            Ok(ctx) => mcp::handle(self, ctx, req).await,
-            Err(e) => e.into_response(),
+            Ok(ctx) => {
+                let id = ctx.tenant.id.as_str().to_owned();
+                (mcp::handle(self, ctx, req).await, Some(id))
+            }
+            Err(e) => (e.into_response(), None),
         }
     }
 
@@ -69,30 +105,37 @@ impl App {
                 .is_ok_and(|o| self.settings.allowed_origins.iter().any(|a| a == o));
             if !allowed {
                 let msg = "Origin not allowed. Add it with --allowed-origins.";
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "FORBIDDEN_ORIGIN",
-                    msg,
-                ));
+                return Err(ApiError::new(StatusCode::FORBIDDEN, "FORBIDDEN_ORIGIN", msg));
             }
         }
         Ok(mcp::Ctx { tenant, spec })
     }
 }
 
-/// Serves `listener` until `shutdown`, then lets open connections finish for `grace`.
-pub async fn serve(listener: TcpListener, app: Arc<App>, grace: Duration) {
+/// Serves `listener` with `handler` until `shutdown`, then lets open connections finish
+/// for `grace`. `heartbeat` beats at least every [`HEARTBEAT`] while the loop is alive.
+pub async fn serve<F, Fut>(
+    listener: TcpListener,
+    handler: F,
+    shutdown: CancellationToken,
+    grace: Duration,
+    heartbeat: Heartbeat,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     let graceful = GracefulShutdown::new();
-    let shutdown = app.shutdown.clone();
     loop {
+        heartbeat.beat();
         // Match the whole Result: an Err arm in select! would disable accepting forever.
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(HEARTBEAT) => continue,
             accepted = listener.accept() => accepted,
         };
         let stream = match accepted {
@@ -103,10 +146,10 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, grace: Duration) {
             }
         };
         let _ = stream.set_nodelay(true); // small JSON-RPC replies must not wait for Nagle
-        let app = app.clone();
+        let handler = handler.clone();
         let service = hyper::service::service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(app.handle(req).await) }
+            let reply = handler(req);
+            async move { Ok::<_, Infallible>(reply.await) }
         });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)

@@ -1,0 +1,116 @@
+//! Metric names and recording helpers; every label set is built here.
+//!
+//! Counters and histograms go through the `metrics` facade into a Prometheus recorder
+//! installed by the daemon. Gauges describing current state (children alive, sessions,
+//! in-flight requests) are set from the pool right before each scrape, so they can never
+//! drift from the truth. Label values are bounded: the method label is one of the MCP
+//! methods below or `other`, and requests not admitted to a tenant use client_id `-`.
+
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Latency buckets, in seconds: sub-millisecond relays up to minutes-long tool calls.
+const LATENCY_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0];
+
+/// Methods that get their own label value.
+const KNOWN_METHODS: [&str; 24] = [
+    "initialize",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "resources/list",
+    "resources/read",
+    "resources/templates/list",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "prompts/list",
+    "prompts/get",
+    "completion/complete",
+    "logging/setLevel",
+    "server/discover",
+    "tasks/get",
+    "tasks/list",
+    "tasks/result",
+    "tasks/cancel",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "notifications/progress",
+    "notifications/roots/list_changed",
+    "response",
+    "stream",
+];
+
+/// The method label for `method` (bounded cardinality).
+pub fn method_label(method: &str) -> &'static str {
+    KNOWN_METHODS.iter().find(|m| **m == method).copied().unwrap_or("other")
+}
+
+/// Installs the global recorder; returns the handle that renders `/metrics`.
+pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("mcpmux_request_duration_seconds".into()),
+            &LATENCY_BUCKETS,
+        )?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    metrics::describe_counter!("mcpmux_requests_total", "HTTP requests by tenant, MCP method and status");
+    metrics::describe_histogram!("mcpmux_request_duration_seconds", metrics::Unit::Seconds, "Time to response headers");
+    metrics::describe_counter!("mcpmux_child_spawns_total", "Children started");
+    metrics::describe_counter!("mcpmux_child_crashes_total", "Children that exited unexpectedly or failed to start");
+    metrics::describe_counter!("mcpmux_child_reaps_total", "Children stopped after their idle TTL");
+    metrics::describe_counter!("mcpmux_reloads_total", "Rescans of the clients directory");
+    metrics::describe_counter!("mcpmux_reload_errors_total", "Client files that failed to load on a rescan");
+    metrics::describe_gauge!("mcpmux_children_alive", "Children running now");
+    metrics::describe_gauge!("mcpmux_tenants", "Tenants configured");
+    metrics::describe_gauge!("mcpmux_sessions", "Open MCP sessions by tenant");
+    metrics::describe_gauge!("mcpmux_inflight_requests", "Requests in flight by tenant");
+}
+
+/// One answered HTTP request.
+pub fn request(client_id: &str, method: &'static str, status: u16, took: Duration) {
+    let labels = [("client_id", client_id.to_string()), ("method", method.to_string())];
+    histogram!("mcpmux_request_duration_seconds", &labels).record(took.as_secs_f64());
+    let status = [("client_id", client_id.to_string()), ("method", method.to_string()), ("status", status.to_string())];
+    counter!("mcpmux_requests_total", &status).increment(1);
+}
+
+/// A child was started.
+pub fn spawned(client_id: &str) {
+    counter!("mcpmux_child_spawns_total", "client_id" => client_id.to_string()).increment(1);
+}
+
+/// A child crashed or could not start.
+pub fn crashed(client_id: &str) {
+    counter!("mcpmux_child_crashes_total", "client_id" => client_id.to_string()).increment(1);
+}
+
+/// A child was reaped for idleness.
+pub fn reaped(client_id: &str) {
+    counter!("mcpmux_child_reaps_total", "client_id" => client_id.to_string()).increment(1);
+}
+
+/// A rescan finished with `errors` bad files.
+pub fn reloaded(errors: usize) {
+    counter!("mcpmux_reloads_total").increment(1);
+    counter!("mcpmux_reload_errors_total").increment(errors as u64);
+}
+
+/// Current state of one tenant, set before a scrape.
+pub fn tenant_state(client_id: &str, sessions: usize, inflight: usize) {
+    gauge!("mcpmux_sessions", "client_id" => client_id.to_string()).set(sessions as f64);
+    gauge!("mcpmux_inflight_requests", "client_id" => client_id.to_string()).set(inflight as f64);
+}
+
+/// Daemon-wide state, set before a scrape.
+pub fn totals(tenants: usize, children_alive: usize) {
+    gauge!("mcpmux_tenants").set(tenants as f64);
+    gauge!("mcpmux_children_alive").set(children_alive as f64);
+}
