@@ -36,7 +36,9 @@ impl Admin {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             let mut response = empty(StatusCode::METHOD_NOT_ALLOWED);
-            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             return response;
         }
         match req.uri().path() {
@@ -44,7 +46,10 @@ impl Admin {
             "/readyz" => self.readyz(),
             "/metrics" => self.metrics(),
             "/status" => self.status(),
-            _ => text(StatusCode::NOT_FOUND, "not found: try /healthz, /readyz, /metrics or /status\n"),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: try /healthz, /readyz, /metrics or /status\n",
+            ),
         }
     }
 
@@ -53,9 +58,17 @@ impl Admin {
             return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
         }
         if self.crashloop_unready {
-            let looping = self.pool.status(&self.registry).into_iter().filter(|t| t.state == "backoff").count();
+            let looping = self
+                .pool
+                .status(&self.registry)
+                .into_iter()
+                .filter(|t| t.state == "backoff")
+                .count();
             if looping > 0 {
-                return text(StatusCode::SERVICE_UNAVAILABLE, &format!("{looping} tenant(s) in a crash loop\n"));
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("{looping} tenant(s) in a crash loop\n"),
+                );
             }
         }
         text(StatusCode::OK, "ready\n")
@@ -74,7 +87,9 @@ impl Admin {
         handle.run_upkeep(); // the exporter leaves histogram upkeep to its owner
         let mut response = Response::new(Body::full(Bytes::from(handle.render())));
         let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
-        response.headers_mut().insert(header::CONTENT_TYPE, content_type);
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, content_type);
         response
     }
 
@@ -88,6 +103,9 @@ impl Admin {
 fn text(status: StatusCode, body: &str) -> Response<Body> {
     let mut response = Response::new(Body::full(Bytes::copy_from_slice(body.as_bytes())));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }

@@ -16,8 +16,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::cli::ServeArgs;
 use crate::admin::Admin;
+use crate::cli::ServeArgs;
 use crate::clients::{Registry, ReloadHandle, ReloadOutcome, WatchConfig, spawn_watcher};
 use crate::http::{App, MCP_PATH};
 use crate::pool::Pool;
@@ -91,7 +91,10 @@ async fn run(args: ServeArgs, settings: Arc<Settings>) -> anyhow::Result<()> {
         draining: shutdown.clone(),
         crashloop_unready: args.ready_requires_no_crashloop,
     });
-    let reaper = tokio::spawn(pool.clone().run_reaper(shutdown.clone(), heartbeats[1].clone()));
+    let reaper = tokio::spawn(
+        pool.clone()
+            .run_reaper(shutdown.clone(), heartbeats[1].clone()),
+    );
     let grace = settings.shutdown_grace;
     let tenant_port = move |req| {
         let app = app.clone();
@@ -125,7 +128,10 @@ async fn run(args: ServeArgs, settings: Arc<Settings>) -> anyhow::Result<()> {
         }
         systemd::ready();
     }
-    info!(grace_secs = grace.as_secs_f64(), "shutting down: draining in-flight requests");
+    info!(
+        grace_secs = grace.as_secs_f64(),
+        "shutting down: draining in-flight requests"
+    );
     systemd::stopping();
     shutdown.cancel();
     tokio::select! {
@@ -166,13 +172,18 @@ async fn bind(args: &ServeArgs) -> anyhow::Result<(TcpListener, TcpListener)> {
     let mcp = listener(activated.mcp, args.listen).await?;
     let admin = listener(activated.admin, args.admin_listen).await?;
     let mcp_addr = mcp.local_addr().context("cannot read the bound address")?;
-    let admin_addr = admin.local_addr().context("cannot read the bound address")?;
+    let admin_addr = admin
+        .local_addr()
+        .context("cannot read the bound address")?;
     info!("listening on http://{mcp_addr}{MCP_PATH}");
     info!("admin listening on http://{admin_addr} (/healthz /readyz /metrics /status)");
     Ok((mcp, admin))
 }
 
-async fn listener(passed: Option<std::net::TcpListener>, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+async fn listener(
+    passed: Option<std::net::TcpListener>,
+    addr: SocketAddr,
+) -> anyhow::Result<TcpListener> {
     match passed {
         Some(std) => TcpListener::from_std(std).context("cannot use a socket passed by systemd"),
         None => TcpListener::bind(addr)

@@ -12,8 +12,9 @@ use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Latency buckets, in seconds: sub-millisecond relays up to minutes-long tool calls.
-const LATENCY_BUCKETS: [f64; 14] =
-    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0];
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0,
+];
 
 /// Methods that get their own label value.
 const KNOWN_METHODS: [&str; 24] = [
@@ -45,7 +46,11 @@ const KNOWN_METHODS: [&str; 24] = [
 
 /// The method label for `method` (bounded cardinality).
 pub fn method_label(method: &str) -> &'static str {
-    KNOWN_METHODS.iter().find(|m| **m == method).copied().unwrap_or("other")
+    KNOWN_METHODS
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("other")
 }
 
 /// Installs the global recorder; returns the handle that renders `/metrics`.
@@ -61,13 +66,29 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
 }
 
 fn describe() {
-    metrics::describe_counter!("mcpmux_requests_total", "HTTP requests by tenant, MCP method and status");
-    metrics::describe_histogram!("mcpmux_request_duration_seconds", metrics::Unit::Seconds, "Time to response headers");
+    metrics::describe_counter!(
+        "mcpmux_requests_total",
+        "HTTP requests by tenant, MCP method and status"
+    );
+    metrics::describe_histogram!(
+        "mcpmux_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time to response headers"
+    );
     metrics::describe_counter!("mcpmux_child_spawns_total", "Children started");
-    metrics::describe_counter!("mcpmux_child_crashes_total", "Children that exited unexpectedly or failed to start");
-    metrics::describe_counter!("mcpmux_child_reaps_total", "Children stopped after their idle TTL");
+    metrics::describe_counter!(
+        "mcpmux_child_crashes_total",
+        "Children that exited unexpectedly or failed to start"
+    );
+    metrics::describe_counter!(
+        "mcpmux_child_reaps_total",
+        "Children stopped after their idle TTL"
+    );
     metrics::describe_counter!("mcpmux_reloads_total", "Rescans of the clients directory");
-    metrics::describe_counter!("mcpmux_reload_errors_total", "Client files that failed to load on a rescan");
+    metrics::describe_counter!(
+        "mcpmux_reload_errors_total",
+        "Client files that failed to load on a rescan"
+    );
     metrics::describe_gauge!("mcpmux_children_alive", "Children running now");
     metrics::describe_gauge!("mcpmux_tenants", "Tenants configured");
     metrics::describe_gauge!("mcpmux_sessions", "Open MCP sessions by tenant");
@@ -76,9 +97,16 @@ fn describe() {
 
 /// One answered HTTP request.
 pub fn request(client_id: &str, method: &'static str, status: u16, took: Duration) {
-    let labels = [("client_id", client_id.to_string()), ("method", method.to_string())];
+    let labels = [
+        ("client_id", client_id.to_string()),
+        ("method", method.to_string()),
+    ];
     histogram!("mcpmux_request_duration_seconds", &labels).record(took.as_secs_f64());
-    let status = [("client_id", client_id.to_string()), ("method", method.to_string()), ("status", status.to_string())];
+    let status = [
+        ("client_id", client_id.to_string()),
+        ("method", method.to_string()),
+        ("status", status.to_string()),
+    ];
     counter!("mcpmux_requests_total", &status).increment(1);
 }
 

@@ -350,7 +350,10 @@ impl Tenant {
         let now = Instant::now();
         let slot = lock(&self.slot);
         let relay = slot.relay.as_ref();
-        let retry_in = slot.retry_at.filter(|at| *at > now).map(|at| (at - now).as_secs_f64());
+        let retry_in = slot
+            .retry_at
+            .filter(|at| *at > now)
+            .map(|at| (at - now).as_secs_f64());
         let inflight = relay.map_or(0, |r| r.inflight());
         let state = match (relay, retry_in) {
             (Some(_), _) => "running",
@@ -362,7 +365,13 @@ impl Tenant {
             state,
             pid: relay.map(|r| r.pid()),
             uptime_secs: relay.map(|r| (now - r.started()).as_secs_f64()),
-            idle_secs: relay.map(|r| if inflight > 0 { 0.0 } else { (now - r.idle_since()).as_secs_f64() }),
+            idle_secs: relay.map(|r| {
+                if inflight > 0 {
+                    0.0
+                } else {
+                    (now - r.idle_since()).as_secs_f64()
+                }
+            }),
             inflight,
             sessions: self.sessions.len(),
             restarts: slot.restarts,

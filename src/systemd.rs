@@ -47,14 +47,18 @@ pub struct Heartbeat {
 
 impl Default for Heartbeat {
     fn default() -> Self {
-        Self { epoch: Instant::now(), last: Arc::new(AtomicU64::new(0)) }
+        Self {
+            epoch: Instant::now(),
+            last: Arc::new(AtomicU64::new(0)),
+        }
     }
 }
 
 impl Heartbeat {
     /// Records that the loop is alive now.
     pub fn beat(&self) {
-        self.last.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     fn age(&self) -> Duration {
@@ -67,7 +71,9 @@ impl Heartbeat {
 /// `beats` has beaten within that interval: a wedged accept loop or reaper stops the pings
 /// and systemd restarts the service.
 pub async fn run_watchdog(beats: Vec<Heartbeat>, shutdown: CancellationToken) {
-    let Some(interval) = sd_notify::watchdog_enabled() else { return };
+    let Some(interval) = sd_notify::watchdog_enabled() else {
+        return;
+    };
     let period = interval / 2;
     loop {
         tokio::select! {

@@ -15,9 +15,9 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::{App, Observed};
 use super::body::{Body, SseBody};
 use super::error::{ApiError, empty, json_response, rpc_error};
+use super::{App, Observed};
 use crate::clients::ClientSpec;
 use crate::mcp::envelope::{
     self, Envelope, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, Kind, span_of, splice,
@@ -172,7 +172,10 @@ async fn post(app: &Arc<App>, ctx: Ctx, req: http::Request<Incoming>) -> Respons
     };
     let mut response = dispatch(app, &ctx, &headers, &body, &env, accept).await;
     let pid = ctx.tenant.current_relay().map(|r| r.pid());
-    response.extensions_mut().insert(Observed { method, child_pid: pid });
+    response.extensions_mut().insert(Observed {
+        method,
+        child_pid: pid,
+    });
     response
 }
 

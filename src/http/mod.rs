@@ -21,11 +21,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 pub use body::{Body, SseBody};
-pub use error::{ApiError, empty, json_response, MSG_DUPLICATE_CLIENT_ID, MSG_INVALID_CLIENT_ID, MSG_MISSING_CLIENT_ID};
+pub use error::{
+    ApiError, MSG_DUPLICATE_CLIENT_ID, MSG_INVALID_CLIENT_ID, MSG_MISSING_CLIENT_ID, empty,
+    json_response,
+};
 
 use crate::pool::Pool;
-use crate::systemd::{HEARTBEAT, Heartbeat};
 use crate::settings::Settings;
+use crate::systemd::{HEARTBEAT, Heartbeat};
 
 /// Time a client gets to send its request headers.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -57,10 +60,22 @@ impl App {
     /// Routes one request, then records it (metrics, access log).
     pub async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let started = tokio::time::Instant::now();
-        let session = req.headers().get(mcp::SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let session = req
+            .headers()
+            .get(mcp::SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let (response, client_id) = self.route(req).await;
-        let observed = response.extensions().get::<Observed>().copied().unwrap_or_default();
-        let method = if observed.method.is_empty() { "-" } else { observed.method };
+        let observed = response
+            .extensions()
+            .get::<Observed>()
+            .copied()
+            .unwrap_or_default();
+        let method = if observed.method.is_empty() {
+            "-"
+        } else {
+            observed.method
+        };
         let took = started.elapsed();
         let client_label = client_id.as_deref().unwrap_or("-");
         crate::metrics::request(client_label, method, response.status().as_u16(), took);
@@ -105,7 +120,11 @@ impl App {
                 .is_ok_and(|o| self.settings.allowed_origins.iter().any(|a| a == o));
             if !allowed {
                 let msg = "Origin not allowed. Add it with --allowed-origins.";
-                return Err(ApiError::new(StatusCode::FORBIDDEN, "FORBIDDEN_ORIGIN", msg));
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "FORBIDDEN_ORIGIN",
+                    msg,
+                ));
             }
         }
         Ok(mcp::Ctx { tenant, spec })
