@@ -221,6 +221,7 @@ impl Pool {
             tenant.id.clone(),
             handle,
             spec.content_hash,
+            spec.limits,
             tenant.sessions.clone(),
             self.idle.clone(),
         );
@@ -243,7 +244,7 @@ impl Pool {
         warn!(client_id = %tenant.id, error = %err, "child failed to initialize");
         let mut data = exit
             .as_ref()
-            .map(relay::exit_data)
+            .map(|info| relay.exit_report(info).1)
             .unwrap_or_else(|| json!({}));
         if let (InitError::Rejected(error), Some(obj)) = (&err, data.as_object_mut()) {
             obj.insert(
@@ -257,7 +258,7 @@ impl Pool {
         let message = match (&err, &exit) {
             (InitError::Rejected(_), _) => "child rejected initialize".to_string(),
             (_, Some(info)) if info.reason != ExitReason::Stopped => {
-                format!("child failed to initialize: {}", relay::exit_message(info))
+                format!("child failed to initialize: {}", relay.exit_report(info).0)
             }
             _ => format!("child failed to initialize: {err}"),
         };

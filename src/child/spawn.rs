@@ -16,7 +16,7 @@ use nix::unistd::Pid;
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 
 use super::Error;
-use crate::clients::{ClientSpec, Secret};
+use crate::clients::{ClientSpec, Limits, Secret};
 
 /// `PATH` for children when the daemon has none.
 pub(super) const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -84,7 +84,36 @@ fn command(program: &Path, spec: &ClientSpec, cwd: &Path, env: &ChildEnv) -> Com
         .stderr(Stdio::piped())
         // Safety net only (leader only, not graceful); the actor runs the real sequence.
         .kill_on_drop(true);
+    if spec.limits != Limits::default() {
+        apply_limits_on_exec(&mut cmd, spec.limits);
+    }
     cmd
+}
+
+/// Sets the tenant's `rlimit_*` in the child between fork and exec, so they bind the
+/// child (and everything it starts) but never the daemon.
+#[allow(unsafe_code, reason = "pre_exec is the only way to limit the child itself")]
+fn apply_limits_on_exec(cmd: &mut Command, limits: Limits) {
+    // SAFETY: the closure runs in the forked child before exec; it only calls
+    // setrlimit(2), which is async-signal-safe, allocates nothing and takes no locks.
+    unsafe {
+        cmd.pre_exec(move || set_limits(limits).map_err(std::io::Error::from));
+    }
+}
+
+fn set_limits(limits: Limits) -> nix::Result<()> {
+    use nix::sys::resource::{Resource, setrlimit};
+    let pairs = [
+        (Resource::RLIMIT_AS, limits.address_space),
+        (Resource::RLIMIT_NOFILE, limits.open_files),
+        (Resource::RLIMIT_NPROC, limits.processes),
+    ];
+    for (resource, value) in pairs {
+        if let Some(value) = value {
+            setrlimit(resource, value, value)?;
+        }
+    }
+    Ok(())
 }
 
 /// On error the child is dropped, and `kill_on_drop` ends it.

@@ -89,19 +89,15 @@ fn accept(headers: &HeaderMap) -> Accept {
         }; // no Accept header accepts anything (RFC 9110)
     }
     for range in values.iter().flat_map(|v| v.split(',')) {
-        let media = range
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+        // `q=0` means "not acceptable" (RFC 9110 §12.4.2).
+        let refused = parts.any(|p| matches!(p.trim(), "q=0" | "q=0.0" | "q=0.00" | "q=0.000"));
+        if refused {
+            continue;
+        }
         match media.as_str() {
-            "*/*" => {
-                out = Accept {
-                    json: true,
-                    sse: true,
-                }
-            }
+            "*/*" => out = Accept { json: true, sse: true },
             "application/*" | "application/json" => out.json = true,
             "text/*" | "text/event-stream" => out.sse = true,
             _ => {}

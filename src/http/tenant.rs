@@ -42,11 +42,7 @@ pub fn authorize(headers: &HeaderMap, spec: &ClientSpec) -> Result<(), ApiError>
     let presented = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
+        .and_then(bearer_token)
         .ok_or_else(ApiError::unauthorized)?;
     let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
     // Constant time: the comparison must not reveal how many bytes matched.
@@ -55,6 +51,12 @@ pub fn authorize(headers: &HeaderMap, spec: &ClientSpec) -> Result<(), ApiError>
     } else {
         Err(ApiError::unauthorized())
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value (the scheme is case-insensitive).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 #[cfg(test)]

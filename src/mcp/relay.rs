@@ -22,7 +22,7 @@ use super::envelope::{self, Envelope, INTERNAL_ERROR, Kind, METHOD_NOT_FOUND, sp
 use super::reverse::{self, ReverseRequests};
 use super::session::{CallerCaps, Sessions};
 use crate::child::{ChildEvent, ChildHandle, ExitInfo, ExitReason};
-use crate::clients::ClientId;
+use crate::clients::{ClientId, Limits};
 
 /// Related messages (progress) queued per request before further ones are dropped.
 pub const RELATED_QUEUE: usize = 64;
@@ -46,6 +46,7 @@ pub struct Relay {
     client_id: ClientId,
     child: ChildHandle,
     spec_hash: [u8; 32],
+    limits: Limits,
     started: Instant,
     next_id: AtomicU64,
     pending: Mutex<HashMap<u64, Pending>>,
@@ -83,6 +84,7 @@ impl Relay {
         client_id: ClientId,
         child: ChildHandle,
         spec_hash: [u8; 32],
+        limits: Limits,
         sessions: Arc<Sessions>,
         idle: Arc<Notify>,
     ) -> Arc<Self> {
@@ -91,6 +93,7 @@ impl Relay {
             client_id,
             child,
             spec_hash,
+            limits,
             started: now,
             next_id: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
@@ -482,8 +485,7 @@ impl Relay {
             self.alive.store(false, Ordering::Release);
             pending.drain().map(|(_, p)| p).collect()
         };
-        let message = exit_message(&info);
-        let data = exit_data(&info);
+        let (message, data) = self.exit_report(&info);
         for entry in drained {
             let id = String::from_utf8_lossy(&entry.orig_id).into_owned();
             let reply = envelope::error_response(&id, INTERNAL_ERROR, &message, Some(&data));
@@ -511,8 +513,36 @@ impl Relay {
     }
 }
 
+impl Relay {
+    /// Message and `error.data` for failures caused by the child's exit. When the child
+    /// ran under `rlimit_*` and died abnormally, both say so: the limit is the likely cause.
+    pub fn exit_report(&self, info: &ExitInfo) -> (String, serde_json::Value) {
+        let mut message = exit_message(info);
+        let mut data = exit_data(info);
+        let abnormal = info.signal.is_some() || info.code.is_some_and(|c| c != 0);
+        if abnormal && self.limits != Limits::default() {
+            let limits = limits_text(&self.limits);
+            message.push_str(&format!("; it ran under {limits}, which it may have exceeded"));
+            if let Some(obj) = data.as_object_mut() {
+                obj.insert("rlimits".into(), json!(limits));
+            }
+        }
+        (message, data)
+    }
+}
+
+fn limits_text(limits: &Limits) -> String {
+    let named = [
+        ("rlimit_as", limits.address_space),
+        ("rlimit_nofile", limits.open_files),
+        ("rlimit_nproc", limits.processes),
+    ];
+    let set: Vec<String> = named.iter().filter_map(|(n, v)| Some(format!("{n}={}", (*v)?))).collect();
+    set.join(", ")
+}
+
 /// The human message for a child that ended with requests in flight.
-pub fn exit_message(info: &ExitInfo) -> String {
+fn exit_message(info: &ExitInfo) -> String {
     match info.reason {
         ExitReason::LineTooLong => "child process wrote an over-long line and was restarted".into(),
         ExitReason::Stopped => format!("child process was stopped ({})", info.status),
@@ -521,7 +551,7 @@ pub fn exit_message(info: &ExitInfo) -> String {
 }
 
 /// `error.data` for failures caused by a child's exit: status and stderr tail.
-pub fn exit_data(info: &ExitInfo) -> serde_json::Value {
+fn exit_data(info: &ExitInfo) -> serde_json::Value {
     json!({
         "exit_status": info.status,
         "exit_code": info.code,
