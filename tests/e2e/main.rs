@@ -10,5 +10,7 @@
 
 mod util;
 
+mod http_errors;
 mod interop;
 mod smoke;
+mod tenant;

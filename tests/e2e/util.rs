@@ -788,3 +788,121 @@ mod tests {
         assert_eq!(tenant_addr_in(&lines[..1]), None);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Error bodies and raw HTTP (tenant and transport error tests)
+// ---------------------------------------------------------------------------------------------
+
+/// Status, `Content-Type` and JSON body of an error answer, for one `assert_eq!` against the
+/// whole expected triple (DESIGN §1 `{"error","code"}` bodies, §3 JSON-RPC error bodies).
+pub async fn error_parts(resp: reqwest::Response) -> (u16, String, Value) {
+    let status = resp.status().as_u16();
+    let ctype = content_type(&resp);
+    let body = timeout(HTTP_TIMEOUT, resp.bytes())
+        .await
+        .expect("an error body must complete within HTTP_TIMEOUT")
+        .expect("an error body must be readable");
+    let value = serde_json::from_slice(&body).unwrap_or_else(|e| {
+        panic!(
+            "{status} error body must be JSON ({e}): {}",
+            String::from_utf8_lossy(&body)
+        )
+    });
+    (status, ctype, value)
+}
+
+/// A response read off a raw socket by [`raw_http`].
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    /// Header names lowercased, in wire order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{} body must be JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// Sends `head` (request line and header lines, `\r\n`-separated, without the final blank
+/// line) and then `body` on a fresh connection, and reads one response (its body by
+/// `Content-Length`). For requests reqwest cannot make: no `Accept` at all, or a
+/// `Content-Length` whose body is never sent (proving the daemon answered without reading it).
+pub async fn raw_http(addr: SocketAddr, head: &str, body: &[u8]) -> RawResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut sock = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("daemon must accept a TCP connection");
+        let mut request = format!("{head}\r\n\r\n").into_bytes();
+        request.extend_from_slice(body);
+        sock.write_all(&request)
+            .await
+            .expect("request must be writable");
+        let mut buf = Vec::new();
+        loop {
+            if let Some(resp) = parse_raw_response(&buf) {
+                return resp;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = sock
+                .read(&mut chunk)
+                .await
+                .expect("response must be readable");
+            assert!(
+                n > 0,
+                "connection closed before a whole response: {}",
+                String::from_utf8_lossy(&buf)
+            );
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    timeout(HTTP_TIMEOUT, exchange)
+        .await
+        .expect("daemon must answer a raw request within HTTP_TIMEOUT without the body")
+}
+
+/// A whole response in `buf` (head plus `Content-Length` bytes of body), if it has arrived.
+fn parse_raw_response(buf: &[u8]) -> Option<RawResponse> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&buf[..end]).expect("response head must be ASCII");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().expect("a response has a status line");
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line: {status_line}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .map_or(0, |(_, v)| {
+            v.parse().expect("Content-Length must be a number")
+        });
+    let body = buf.get(end + 4..end + 4 + len)?.to_vec();
+    Some(RawResponse {
+        status,
+        headers,
+        body,
+    })
+}
