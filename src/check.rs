@@ -27,3 +27,22 @@ pub fn run(dir: &Path) -> ExitCode {
         ExitCode::FAILURE
     }
 }
+
+/// `mcpmux hash-token`: reads a token from stdin (one line; surrounding whitespace
+/// ignored) and prints its SHA-256 in hex, the value for `token_sha256`.
+pub fn hash_token() -> ExitCode {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut input = String::new();
+    if let Err(e) = std::io::stdin().take(64 * 1024).read_to_string(&mut input) {
+        eprintln!("mcpmux: cannot read the token from stdin: {e}");
+        return ExitCode::from(64);
+    }
+    let token = input.trim();
+    if token.is_empty() {
+        eprintln!("mcpmux: no token on stdin; usage: echo -n \"$TOKEN\" | mcpmux hash-token");
+        return ExitCode::from(64);
+    }
+    println!("{}", hex::encode(Sha256::digest(token.as_bytes())));
+    ExitCode::SUCCESS
+}

@@ -25,6 +25,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon (the default).
     Serve(ServeArgs),
+    /// Print the `token_sha256` value for a bearer token read from stdin.
+    HashToken,
     /// Validate a clients directory, print every error with its file, exit 1 if any.
     Check {
         /// The directory to check (default: $MCPMUX_CLIENTS or ./clients).
@@ -84,6 +86,16 @@ pub struct ServeArgs {
     /// Seconds a session may go unused before it is forgotten (404 afterwards).
     #[arg(long, env = "MCPMUX_SESSION_TTL", default_value_t = 3600)]
     pub session_ttl: u64,
+    /// Most children alive at once; at the cap the longest-idle one is stopped first.
+    #[arg(long, env = "MCPMUX_MAX_CHILDREN", default_value_t = 1024)]
+    pub max_children: usize,
+    /// Serve tenants whose client file has no `token_sha256` (anyone who can reach the
+    /// port may then use them). Without it, such tenants answer 401.
+    #[arg(long, env = "MCPMUX_ALLOW_OPEN_TENANTS")]
+    pub allow_open_tenants: bool,
+    /// Seconds a client gets to send its request headers.
+    #[arg(long, env = "MCPMUX_HEADER_READ_TIMEOUT", default_value_t = 30.0)]
+    pub header_read_timeout: f64,
     /// Make /readyz fail (503) while any tenant's child is in a crash loop.
     #[arg(long, env = "MCPMUX_READY_REQUIRES_NO_CRASHLOOP")]
     pub ready_requires_no_crashloop: bool,

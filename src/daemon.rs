@@ -105,6 +105,7 @@ async fn run(args: ServeArgs, settings: Arc<Settings>) -> anyhow::Result<()> {
         tenant_port,
         shutdown.clone(),
         grace,
+        settings.header_read_timeout,
         heartbeats[0].clone(),
     ));
     let admin_port = move |req| admin.clone().handle(req);
@@ -115,6 +116,7 @@ async fn run(args: ServeArgs, settings: Arc<Settings>) -> anyhow::Result<()> {
         admin_port,
         admin_stop.clone(),
         Duration::from_secs(1),
+        settings.header_read_timeout,
         Heartbeat::default(),
     ));
     let watchdog = tokio::spawn(systemd::run_watchdog(heartbeats.to_vec(), shutdown.clone()));

@@ -10,6 +10,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check { dir }) => mcpmux::check::run(&dir),
+        Some(Command::HashToken) => mcpmux::check::hash_token(),
         Some(Command::Serve(args)) => mcpmux::daemon::main(args),
         None => mcpmux::daemon::main(cli.serve),
     }

@@ -8,6 +8,7 @@
 //! (reap, retire), or when it broke (crash, over-long line), or on shutdown.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use tracing::{info, warn};
 
 use crate::child::{self, ExitInfo, ExitReason};
 use crate::clients::{ClientId, ClientSpec, Diff, Registry};
-use crate::mcp::relay::{self, InitError, Relay};
+use crate::mcp::relay::{InitError, Relay};
 use crate::mcp::session::Sessions;
 use crate::settings::Settings;
 use crate::systemd::{HEARTBEAT, Heartbeat};
@@ -48,6 +49,9 @@ pub struct InitCache {
 /// Why no child could serve a request.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// `--max-children` reached and every child busy (503 + Retry-After).
+    #[error("all {0} children are busy; retry shortly")]
+    Busy(usize),
     /// Crash loop: try again after this long (503 + Retry-After).
     #[error("the tenant's child keeps crashing; retry in {} s", .0.as_secs().max(1))]
     Backoff(Duration),
@@ -105,6 +109,8 @@ pub struct Tenant {
     slot: Mutex<Slot>,
     start: tokio::sync::Mutex<()>,
     init: Mutex<Option<InitCache>>,
+    /// The pool's count of slotted children, shared.
+    live: Arc<AtomicUsize>,
 }
 
 /// All tenants with runtime state.
@@ -114,6 +120,8 @@ pub struct Pool {
     settings: Arc<Settings>,
     tenants: Mutex<HashMap<ClientId, Arc<Tenant>>>,
     idle: Arc<Notify>,
+    /// Children in tenants' slots, plus starts in progress (`--max-children`).
+    live: Arc<AtomicUsize>,
 }
 
 impl Pool {
@@ -124,6 +132,7 @@ impl Pool {
             settings,
             tenants: Mutex::default(),
             idle: Arc::default(),
+            live: Arc::default(),
         })
     }
 
@@ -143,6 +152,7 @@ impl Pool {
                 slot: Mutex::default(),
                 start: tokio::sync::Mutex::new(()),
                 init: Mutex::new(None),
+                live: self.live.clone(),
             })
         });
         Some((tenant.clone(), spec))
@@ -189,7 +199,11 @@ impl Pool {
                 message: "the tenant has no initialized session; send initialize first".into(),
                 data: serde_json::Value::Null,
             })?;
-        let relay = self.spawn(tenant, spec)?;
+        tenant.retire_child("replaced by a child of the current client file");
+        self.reserve_child(&tenant.id)?;
+        let relay = self
+            .spawn(tenant, spec)
+            .inspect_err(|_| self.release_child())?;
         match relay
             .initialize(&params, INIT_TIMEOUT.min(self.settings.request_timeout))
             .await
@@ -200,8 +214,65 @@ impl Pool {
                 lock(&tenant.slot).relay = Some(relay.clone());
                 Ok((relay, cache))
             }
-            Err(e) => Err(self.init_failed(tenant, &relay, e).await),
+            Err(e) => {
+                self.release_child();
+                Err(self.init_failed(tenant, &relay, e).await)
+            }
         }
+    }
+
+    /// Takes a place for a new child under `--max-children`, reaping the longest-idle
+    /// child of another tenant when the cap is reached.
+    fn reserve_child(&self, for_tenant: &ClientId) -> Result<(), StartError> {
+        let max = self.settings.max_children;
+        loop {
+            let live = self.live.load(Ordering::Acquire);
+            if live < max {
+                if self
+                    .live
+                    .compare_exchange(live, live + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return Ok(());
+                }
+                continue;
+            }
+            if !self.evict_longest_idle(for_tenant) {
+                return Err(StartError::Busy(max));
+            }
+        }
+    }
+
+    fn release_child(&self) {
+        self.live.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Stops the child idle the longest (no request in flight, no open stream); false when
+    /// every child is busy.
+    fn evict_longest_idle(&self, for_tenant: &ClientId) -> bool {
+        let candidates = self.tenants();
+        let oldest = candidates
+            .iter()
+            .filter(|t| t.id != *for_tenant && t.sessions.open_streams() == 0)
+            .filter_map(|t| {
+                let relay = t.current_relay()?;
+                (relay.inflight() == 0).then(|| (relay.idle_since(), t))
+            })
+            .min_by_key(|(since, _)| *since);
+        let Some((_, tenant)) = oldest else {
+            return false;
+        };
+        let mut slot = lock(&tenant.slot);
+        // Re-check under the lock: a request may have arrived since.
+        let still_idle = slot.relay.as_ref().is_some_and(|r| r.inflight() == 0);
+        let Some(relay) = still_idle.then(|| tenant.take(&mut slot)).flatten() else {
+            return true;
+        };
+        drop(slot);
+        info!(client_id = %tenant.id, pid = relay.pid(), "stopping the longest-idle child to make room (--max-children)");
+        crate::metrics::reaped(tenant.id.as_str());
+        relay.stop();
+        true
     }
 
     fn spawn(
@@ -317,7 +388,7 @@ impl Pool {
         let relays: Vec<_> = self
             .tenants()
             .iter()
-            .filter_map(|t| lock(&t.slot).relay.take())
+            .filter_map(|t| t.take(&mut lock(&t.slot)))
             .collect();
         for relay in &relays {
             relay.stop();
@@ -346,6 +417,13 @@ impl TenantStatus {
 }
 
 impl Tenant {
+    /// Removes the slotted child, giving back its place under `--max-children`.
+    fn take(&self, slot: &mut Slot) -> Option<Arc<Relay>> {
+        let relay = slot.relay.take()?;
+        self.live.fetch_sub(1, Ordering::AcqRel);
+        Some(relay)
+    }
+
     /// The tenant as `/status` shows it.
     pub fn status(&self) -> TenantStatus {
         let now = Instant::now();
@@ -411,7 +489,8 @@ impl Tenant {
     }
 
     fn retire_child(&self, why: &str) {
-        if let Some(relay) = lock(&self.slot).relay.take() {
+        let taken = self.take(&mut lock(&self.slot));
+        if let Some(relay) = taken {
             info!(client_id = %self.id, pid = relay.pid(), why, "retiring child after its in-flight requests");
             relay.retire();
         }
@@ -441,7 +520,7 @@ impl Tenant {
         {
             let mut slot = lock(&self.slot);
             if slot.relay.as_ref().is_some_and(|r| Arc::ptr_eq(r, relay)) {
-                slot.relay = None;
+                self.take(&mut slot);
             }
             slot.last_exit = Some((info.clone(), Instant::now()));
         }
@@ -467,7 +546,7 @@ impl Tenant {
         if due > now {
             return Some(due);
         }
-        let relay = slot.relay.take()?;
+        let relay = self.take(&mut slot)?;
         drop(slot);
         info!(client_id = %self.id, pid = relay.pid(), idle_secs = ttl.as_secs(), "reaping idle child");
         crate::metrics::reaped(self.id.as_str());

@@ -30,6 +30,12 @@ pub struct Settings {
     pub session_ttl: Duration,
     /// Drain deadline on SIGTERM.
     pub shutdown_grace: Duration,
+    /// Children alive at once.
+    pub max_children: usize,
+    /// Serve tenants without a token.
+    pub allow_open_tenants: bool,
+    /// Time to receive request headers.
+    pub header_read_timeout: Duration,
 }
 
 /// A setting that cannot be used.
@@ -87,6 +93,9 @@ impl Settings {
             )? as usize,
             session_ttl: Duration::from_secs(positive("session-ttl", args.session_ttl)?),
             shutdown_grace: seconds("shutdown-grace", args.shutdown_grace)?,
+            max_children: positive("max-children", args.max_children as u64)? as usize,
+            allow_open_tenants: args.allow_open_tenants,
+            header_read_timeout: seconds("header-read-timeout", args.header_read_timeout)?,
         })
     }
 }

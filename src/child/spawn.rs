@@ -92,7 +92,10 @@ fn command(program: &Path, spec: &ClientSpec, cwd: &Path, env: &ChildEnv) -> Com
 
 /// Sets the tenant's `rlimit_*` in the child between fork and exec, so they bind the
 /// child (and everything it starts) but never the daemon.
-#[allow(unsafe_code, reason = "pre_exec is the only way to limit the child itself")]
+#[allow(
+    unsafe_code,
+    reason = "pre_exec is the only way to limit the child itself"
+)]
 fn apply_limits_on_exec(cmd: &mut Command, limits: Limits) {
     // SAFETY: the closure runs in the forked child before exec; it only calls
     // setrlimit(2), which is async-signal-safe, allocates nothing and takes no locks.

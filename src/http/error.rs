@@ -81,6 +81,12 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", MSG_UNAUTHORIZED)
     }
 
+    /// 401 `UNAUTHORIZED` for a tenant without a token while open tenants are not allowed.
+    pub fn no_token_configured() -> Self {
+        let message = "This client has no token configured; the operator must set token_sha256 in its client file.";
+        Self::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
+    }
+
     /// 503 with `Retry-After`.
     pub fn unavailable(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
         Self {

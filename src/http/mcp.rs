@@ -97,7 +97,12 @@ fn accept(headers: &HeaderMap) -> Accept {
             continue;
         }
         match media.as_str() {
-            "*/*" => out = Accept { json: true, sse: true },
+            "*/*" => {
+                out = Accept {
+                    json: true,
+                    sse: true,
+                }
+            }
             "application/*" | "application/json" => out.json = true,
             "text/*" | "text/event-stream" => out.sse = true,
             _ => {}
@@ -119,11 +124,14 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 async fn read_body(req: http::Request<Incoming>, limit: usize) -> Result<Bytes, Response<Body>> {
     let too_large = || {
-        rpc_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            INVALID_REQUEST,
-            &format!("request body exceeds {limit} bytes"),
-        )
+        let msg = format!("request body exceeds {limit} bytes");
+        let mut response = rpc_error(StatusCode::PAYLOAD_TOO_LARGE, INVALID_REQUEST, &msg);
+        // The rest of the body is never read, so this connection cannot carry another
+        // request: tell the caller not to reuse it.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
     };
     let declared = req
         .headers()
@@ -363,6 +371,10 @@ fn start_failed(id: &str, err: StartError) -> Response<Body> {
             );
             ApiError::unavailable("CHILD_BACKOFF", msg, wait.as_secs_f64().ceil() as u64)
                 .into_response()
+        }
+        StartError::Busy(max) => {
+            let msg = format!("All {max} MCP server processes are busy; retry shortly.");
+            ApiError::unavailable("TOO_MANY_CHILDREN", msg, 1).into_response()
         }
         StartError::Failed { message, data } => {
             let data = (!data.is_null()).then_some(&data);

@@ -30,8 +30,6 @@ use crate::pool::Pool;
 use crate::settings::Settings;
 use crate::systemd::{HEARTBEAT, Heartbeat};
 
-/// Time a client gets to send its request headers.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The MCP endpoint path.
 pub const MCP_PATH: &str = "/mcp";
 
@@ -113,7 +111,7 @@ impl App {
             .pool
             .tenant(&id)
             .ok_or_else(|| ApiError::unknown_client(id.as_str()))?;
-        tenant::authorize(req.headers(), &spec)?;
+        tenant::authorize(req.headers(), &spec, self.settings.allow_open_tenants)?;
         if let Some(origin) = req.headers().get(http::header::ORIGIN) {
             let allowed = origin
                 .to_str()
@@ -138,6 +136,7 @@ pub async fn serve<F, Fut>(
     handler: F,
     shutdown: CancellationToken,
     grace: Duration,
+    header_timeout: Duration,
     heartbeat: Heartbeat,
 ) where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
@@ -147,7 +146,7 @@ pub async fn serve<F, Fut>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(header_timeout);
     let graceful = GracefulShutdown::new();
     loop {
         heartbeat.beat();

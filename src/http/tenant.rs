@@ -34,10 +34,15 @@ pub fn client_id(headers: &HeaderMap) -> Result<ClientId, ApiError> {
     })
 }
 
-/// Checks `Authorization: Bearer <token>` against the tenant's token hash, if it has one.
-pub fn authorize(headers: &HeaderMap, spec: &ClientSpec) -> Result<(), ApiError> {
+/// Checks `Authorization: Bearer <token>` against the tenant's token hash. A tenant
+/// without one is served only when the operator allows open tenants.
+pub fn authorize(headers: &HeaderMap, spec: &ClientSpec, allow_open: bool) -> Result<(), ApiError> {
     let Some(expected) = &spec.token_sha256 else {
-        return Ok(());
+        return if allow_open {
+            Ok(())
+        } else {
+            Err(ApiError::no_token_configured())
+        };
     };
     let presented = headers
         .get(http::header::AUTHORIZATION)

@@ -522,7 +522,9 @@ impl Relay {
         let abnormal = info.signal.is_some() || info.code.is_some_and(|c| c != 0);
         if abnormal && self.limits != Limits::default() {
             let limits = limits_text(&self.limits);
-            message.push_str(&format!("; it ran under {limits}, which it may have exceeded"));
+            message.push_str(&format!(
+                "; it ran under {limits}, which it may have exceeded"
+            ));
             if let Some(obj) = data.as_object_mut() {
                 obj.insert("rlimits".into(), json!(limits));
             }
@@ -537,7 +539,10 @@ fn limits_text(limits: &Limits) -> String {
         ("rlimit_nofile", limits.open_files),
         ("rlimit_nproc", limits.processes),
     ];
-    let set: Vec<String> = named.iter().filter_map(|(n, v)| Some(format!("{n}={}", (*v)?))).collect();
+    let set: Vec<String> = named
+        .iter()
+        .filter_map(|(n, v)| Some(format!("{n}={}", (*v)?)))
+        .collect();
     set.join(", ")
 }
 

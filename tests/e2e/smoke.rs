@@ -57,6 +57,8 @@ async fn shipped_demo_tenant_works_out_of_the_box() {
         "127.0.0.1:0",
         "--admin-listen",
         "127.0.0.1:0",
+        // As in the README's run command: the shipped tenants have no token.
+        "--allow-open-tenants",
     ];
     let daemon = Daemon::spawn(
         &[&args[..], &["--clients", dir.to_str().unwrap()]].concat(),

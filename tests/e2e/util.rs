@@ -152,6 +152,8 @@ impl Daemon {
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
+            // Test tenants are tokenless unless a test gives one a token.
+            "--allow-open-tenants",
         ];
         let dir = clients.path().to_str().expect("temp path must be UTF-8");
         args.extend(["--clients", dir]);
