@@ -133,10 +133,6 @@ impl Decoder for LineDecoder {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    reason = "tests may unwrap (Cargo.toml [lints.clippy])"
-)]
 mod tests {
     use super::*;
 

@@ -217,10 +217,6 @@ pub fn spawn(
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    reason = "tests may unwrap (Cargo.toml [lints.clippy])"
-)]
 mod tests {
     //! Real processes (`sh`, `cat`, `env`, `sleep`); every wait bounded.
 

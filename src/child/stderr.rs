@@ -211,10 +211,6 @@ impl StderrDrain {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    reason = "tests may unwrap (Cargo.toml [lints.clippy])"
-)]
 mod tests {
     use super::*;
 

@@ -107,10 +107,6 @@ pub(super) fn parse_stat(stat: &str) -> Option<ProcStat> {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    reason = "tests may unwrap (Cargo.toml [lints.clippy])"
-)]
 mod tests {
     use super::*;
 

@@ -379,10 +379,6 @@ fn describe(status: &io::Result<ExitStatus>) -> String {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    reason = "tests may unwrap (Cargo.toml [lints.clippy])"
-)]
 mod tests {
     use super::*;
 

@@ -413,10 +413,6 @@ fn no_nul(field: &str, text: &str) -> Result<(), String> {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    reason = "tests may unwrap: a panic is a test failure"
-)]
 mod tests {
     use std::os::unix::fs::symlink;
 

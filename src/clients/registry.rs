@@ -167,10 +167,6 @@ fn log_new_errors(errors: &[FileError], next: &Tenants, reported: &mut HashSet<S
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    reason = "tests may unwrap: a panic is a test failure"
-)]
 mod tests {
     use std::path::PathBuf;
     use std::time::Duration;

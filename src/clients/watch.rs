@@ -320,10 +320,6 @@ fn log_summary(outcome: &ReloadOutcome) {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    reason = "tests may unwrap: a panic is a test failure"
-)]
 mod tests {
     use std::fs;
     use std::io::Write;
