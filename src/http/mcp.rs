@@ -417,27 +417,31 @@ async fn request(
     accept: Accept,
 ) -> Response<Body> {
     let id = env.id.map_or("null", |id| id.get());
-    let relay = match app.pool.relay(&ctx.tenant, &ctx.spec, None).await {
-        Ok((relay, _)) => relay,
-        Err(e) => return start_failed(id, e),
-    };
-    if relay.inflight() >= app.settings.max_inflight_per_tenant {
-        let msg = format!(
-            "This client has {} requests in flight; retry shortly.",
-            relay.inflight()
-        );
-        return ApiError::unavailable("TOO_MANY_REQUESTS", msg, 1).into_response();
-    }
-    let call = match relay.call(body, env, Some(session.id.clone())).await {
-        Ok(call) => call,
-        Err(e) => {
-            return json_response(
-                StatusCode::OK,
-                envelope::error_response(id, INTERNAL_ERROR, &e.to_string(), None).into(),
+    // A relay handed out just as the reaper or a reload stopped it refuses the send; the
+    // request was never seen by any child, so it goes to the replacement once.
+    let mut attempts = 2;
+    loop {
+        attempts -= 1;
+        let relay = match app.pool.relay(&ctx.tenant, &ctx.spec, None).await {
+            Ok((relay, _)) => relay,
+            Err(e) => return start_failed(id, e),
+        };
+        if relay.inflight() >= app.settings.max_inflight_per_tenant {
+            let msg = format!(
+                "This client has {} requests in flight; retry shortly.",
+                relay.inflight()
             );
+            return ApiError::unavailable("TOO_MANY_REQUESTS", msg, 1).into_response();
         }
-    };
-    respond(call, accept, app.settings.request_timeout).await
+        match relay.call(body, env, Some(session.id.clone())).await {
+            Ok(call) => return respond(call, accept, app.settings.request_timeout).await,
+            Err(_) if attempts > 0 && !relay.usable() => continue,
+            Err(e) => {
+                let reply = envelope::error_response(id, INTERNAL_ERROR, &e.to_string(), None);
+                return json_response(StatusCode::OK, reply.into());
+            }
+        }
+    }
 }
 
 /// Answers with JSON if the first thing the child sends is the response; else streams.
