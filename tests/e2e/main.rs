@@ -11,4 +11,5 @@
 mod util;
 
 mod interop;
+mod reload;
 mod smoke;
