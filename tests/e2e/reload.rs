@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::util::{
-    Daemon, HTTP_TIMEOUT, Signal, SseStream, TempClients, call_tool, echo_spec, initialize, post,
-    proc_stat, unique_marker,
+    Daemon, HTTP_TIMEOUT, Signal, SseStream, TempClients, call_tool, echo_spec, initialize,
+    mcp_request, post, proc_stat, unique_marker,
 };
 
 /// Quiet time before a rescan: short, so each test takes well under a few seconds.
@@ -482,6 +482,8 @@ async fn deleted_client_file_makes_tenant_unknown_stops_its_child_and_ends_its_s
     let pid = child_pid(&daemon, "demo", &session).await;
     let other = initialize(&daemon, "other").await;
     let other_pid = child_pid(&daemon, "other", &other).await;
+    let get = mcp_request(&daemon, reqwest::Method::GET, Some("demo"), Some(&session));
+    let mut stream = SseStream::new(get.send().await.expect("GET must open the session stream"));
 
     let mark = daemon.log_mark();
     clients.remove("demo");
@@ -497,6 +499,14 @@ async fn deleted_client_file_makes_tenant_unknown_stops_its_child_and_ends_its_s
     assert_unknown_client(resp, "demo", "a session of a deleted tenant").await;
     let resp = post_initialize(&daemon, "demo").await;
     assert_unknown_client(resp, "demo", "a new session of a deleted tenant").await;
+    let deadline = Instant::now() + STOP_WITHIN;
+    let contract = "a deleted tenant's open session stream must end";
+    while let Some(event) = stream
+        .next_event(deadline.saturating_duration_since(Instant::now()), contract)
+        .await
+    {
+        assert!(event.data.is_empty(), "{contract}, not carry {event:?}");
+    }
 
     expect_log(
         &daemon,
@@ -735,4 +745,109 @@ async fn swapped_clients_directory_symlink_is_followed() {
     let again = initialize(&daemon, "onlyv1").await;
     assert_eq!(child_mark(&daemon, "onlyv1", &again).await, "onlyv1");
     assert_eq!(child_mark(&daemon, "both", &both).await, both_v1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// An edit while the tenant's child is still starting
+// ---------------------------------------------------------------------------------------------
+
+/// A child held at a gate: `sh` waits for a line on the FIFO `gate`, then becomes `mcp-echo`.
+/// The daemon has spawned it (and sent `initialize`), but it answers nothing until the test
+/// opens the gate, so the test decides exactly when its start completes.
+fn gated_spec(gate: &Path, mark: &str) -> Value {
+    let script = format!(
+        "read go < '{}' && exec '{}'",
+        gate.display(),
+        env!("CARGO_BIN_EXE_mcp-echo")
+    );
+    json!({"command": "sh", "args": ["-c", script], "env": {MARK_VAR: mark}})
+}
+
+#[tokio::test]
+async fn child_started_from_the_old_file_during_an_edit_is_stopped_not_leaked() {
+    let clients = TempClients::new();
+    let gate = clients.path().join("gate.fifo");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&gate)
+        .status()
+        .expect("mkfifo must be runnable");
+    assert!(status.success(), "mkfifo must succeed: {status}");
+    // Read-write: opening does not wait for the child, and the line written below waits in
+    // the pipe until the child reads it.
+    let mut gate_writer = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&gate)
+        .expect("the gate FIFO must open read-write");
+    let (old, new) = (new_mark("old"), new_mark("new"));
+    clients.write("demo", &gated_spec(&gate, &old));
+    let daemon = start(&clients).await;
+
+    let mark = daemon.log_mark();
+    let first = {
+        let url_daemon = &daemon;
+        async move { initialize(url_daemon, "demo").await }
+    };
+    let edit_during_start = async {
+        let started = expect_log(
+            &daemon,
+            mark,
+            &["child started", "client_id=demo"],
+            STOP_WITHIN,
+            "the first request must start the tenant's child",
+        )
+        .await;
+        let old_pid = pid_in(&started);
+        let reload_mark = daemon.log_mark();
+        clients.write("demo", &marked_spec(&new));
+        expect_log(
+            &daemon,
+            reload_mark,
+            &["clients reloaded", "changed=1"],
+            RELOAD_WITHIN,
+            "an edited client file must be reloaded within 2 s",
+        )
+        .await;
+        use std::io::Write;
+        gate_writer
+            .write_all(b"go\n")
+            .expect("the gate FIFO must be writable");
+        old_pid
+    };
+    let (session, old_pid) = tokio::join!(first, edit_during_start);
+
+    // The file changed before the old child was ready: it must not serve new requests, and
+    // must be stopped, not left running beside its replacement.
+    assert_eq!(
+        child_mark(&daemon, "demo", &session).await,
+        new,
+        "a request after the edit must be served by a child of the new file"
+    );
+    assert_ne!(child_pid(&daemon, "demo", &session).await, old_pid);
+    expect_log(
+        &daemon,
+        mark,
+        &["child stopped", &format!("pid={old_pid}")],
+        STOP_WITHIN,
+        "a child started from a superseded file must be stopped once it has nothing in flight",
+    )
+    .await;
+    assert!(
+        proc_stat(old_pid).is_none(),
+        "the superseded child must be gone from /proc (pid {old_pid})"
+    );
+}
+
+/// The `pid=N` field of a daemon log line.
+fn pid_in(line: &str) -> u32 {
+    let rest = &line[line
+        .find(" pid=")
+        .unwrap_or_else(|| panic!("no pid in {line}"))
+        + 5..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end]
+        .parse()
+        .unwrap_or_else(|e| panic!("bad pid in {line}: {e}"))
 }
