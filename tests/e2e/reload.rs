@@ -1,6 +1,6 @@
 //! Live reload of the clients directory (DESIGN §2): files added, edited (by rename, `sed -i`,
 //! truncate-and-write), rewritten unchanged, broken, deleted, rescanned on SIGHUP, editor temp
-//! files, and a swapped directory symlink.
+//! files, a swapped directory symlink, and an edit that lands while the child is starting.
 //!
 //! Each test proves the effect through the real child: `env` shows which version of the file a
 //! child was started from (a marker in the file's `env`), `pid` whether the child was replaced.
@@ -194,6 +194,51 @@ fn replace_file(file: &Path, bytes: &[u8]) {
     std::fs::rename(&tmp, file).expect("temp file must rename over the client file");
 }
 
+/// Starts a `slow` call (`SLOW_MS`, with a progress token) in `session` and returns its open
+/// answer stream once the first progress notification shows the call is on the child.
+async fn start_slow_call(daemon: &Daemon, id: &str, session: &str) -> SseStream {
+    let slow = json!({
+        "jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {
+            "name": "slow",
+            "arguments": {"ms": SLOW_MS, "steps": 20},
+            "_meta": {"progressToken": "reload-slow"},
+        },
+    });
+    let resp = post(daemon, Some(id), Some(session), &slow).await;
+    let mut stream = SseStream::new(resp);
+    let first = stream
+        .next_message(
+            HTTP_TIMEOUT,
+            "a slow call with a progressToken must stream progress",
+        )
+        .await;
+    assert_eq!(
+        first["method"], "notifications/progress",
+        "the slow call must now be in flight on the child: {first:#}"
+    );
+    stream
+}
+
+/// Reads the rest of a [`start_slow_call`] stream and asserts the call succeeded.
+async fn finish_slow_call(stream: &mut SseStream, contract: &str) {
+    let response = loop {
+        let msg = stream.next_message(HTTP_TIMEOUT, contract).await;
+        if msg.get("id") == Some(&json!(7)) {
+            break msg;
+        }
+    };
+    assert_eq!(
+        response["result"]["content"][0]["text"],
+        format!("done after {SLOW_MS} ms"),
+        "{contract}: {response:#}"
+    );
+    assert_ne!(
+        response["result"]["isError"], true,
+        "{contract}: {response:#}"
+    );
+}
+
 /// True while `pid` exists and has not exited (not a zombie).
 fn is_running(pid: u32) -> bool {
     proc_stat(pid).is_some_and(|(state, _)| state != 'Z')
@@ -279,26 +324,7 @@ async fn edit_replaces_child_after_in_flight_request(edit: fn(&Path, &str, &str)
     assert_eq!(child_mark(&daemon, "demo", &session).await, old);
     let old_pid = child_pid(&daemon, "demo", &session).await;
 
-    let slow = json!({
-        "jsonrpc": "2.0", "id": 7, "method": "tools/call",
-        "params": {
-            "name": "slow",
-            "arguments": {"ms": SLOW_MS, "steps": 20},
-            "_meta": {"progressToken": "reload-slow"},
-        },
-    });
-    let resp = post(&daemon, Some("demo"), Some(&session), &slow).await;
-    let mut stream = SseStream::new(resp);
-    let first = stream
-        .next_message(
-            HTTP_TIMEOUT,
-            "a slow call with a progressToken must stream progress",
-        )
-        .await;
-    assert_eq!(
-        first["method"], "notifications/progress",
-        "the slow call is now in flight on the old child: {first:#}"
-    );
+    let mut slow = start_slow_call(&daemon, "demo", &session).await;
 
     let mark = daemon.log_mark();
     edit(&clients.file("demo"), &old, &new);
@@ -315,23 +341,11 @@ async fn edit_replaces_child_after_in_flight_request(edit: fn(&Path, &str, &str)
         "a retired child must keep running while its request is in flight: {retiring}"
     );
 
-    let response = loop {
-        let msg = stream
-            .next_message(
-                HTTP_TIMEOUT,
-                "the in-flight slow call must complete after the edit, not hang",
-            )
-            .await;
-        if msg.get("id") == Some(&json!(7)) {
-            break msg;
-        }
-    };
-    assert_eq!(
-        response["result"]["content"][0]["text"],
-        format!("done after {SLOW_MS} ms"),
-        "the in-flight call must complete successfully on the old child: {response:#}"
-    );
-    assert_ne!(response["result"]["isError"], true, "{response:#}");
+    finish_slow_call(
+        &mut slow,
+        "the in-flight call must complete on the old child after the edit",
+    )
+    .await;
 
     expect_log(
         &daemon,
@@ -484,6 +498,7 @@ async fn deleted_client_file_makes_tenant_unknown_stops_its_child_and_ends_its_s
     let other_pid = child_pid(&daemon, "other", &other).await;
     let get = mcp_request(&daemon, reqwest::Method::GET, Some("demo"), Some(&session));
     let mut stream = SseStream::new(get.send().await.expect("GET must open the session stream"));
+    let mut slow = start_slow_call(&daemon, "demo", &session).await;
 
     let mark = daemon.log_mark();
     clients.remove("demo");
@@ -507,6 +522,15 @@ async fn deleted_client_file_makes_tenant_unknown_stops_its_child_and_ends_its_s
     {
         assert!(event.data.is_empty(), "{contract}, not carry {event:?}");
     }
+    assert!(
+        is_running(pid),
+        "a deleted tenant's child must be drained: kept while its request is in flight"
+    );
+    finish_slow_call(
+        &mut slow,
+        "a request in flight when the file is deleted must complete",
+    )
+    .await;
 
     expect_log(
         &daemon,
@@ -784,10 +808,7 @@ async fn child_started_from_the_old_file_during_an_edit_is_stopped_not_leaked() 
     let daemon = start(&clients).await;
 
     let mark = daemon.log_mark();
-    let first = {
-        let url_daemon = &daemon;
-        async move { initialize(url_daemon, "demo").await }
-    };
+    let first = initialize(&daemon, "demo");
     let edit_during_start = async {
         let started = expect_log(
             &daemon,
