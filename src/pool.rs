@@ -211,7 +211,13 @@ impl Pool {
             Ok(result) => {
                 let cache = InitCache { params, result };
                 *lock(&tenant.init) = Some(cache.clone());
-                lock(&tenant.slot).relay = Some(relay.clone());
+                let replaced = lock(&tenant.slot).relay.replace(relay.clone());
+                if let Some(stale) = replaced {
+                    // A child from a file that changed while it was starting (the reload
+                    // found nothing published to retire), or one that just died.
+                    info!(client_id = %tenant.id, pid = stale.pid(), "retiring child replaced by a newer one");
+                    stale.retire();
+                }
                 Ok((relay, cache))
             }
             Err(e) => {

@@ -12,5 +12,6 @@ mod util;
 
 mod http_errors;
 mod interop;
+mod reload;
 mod smoke;
 mod tenant;
