@@ -211,7 +211,12 @@ impl Pool {
             Ok(result) => {
                 let cache = InitCache { params, result };
                 *lock(&tenant.init) = Some(cache.clone());
-                let replaced = lock(&tenant.slot).relay.replace(relay.clone());
+                let replaced = {
+                    let mut slot = lock(&tenant.slot);
+                    let stale = tenant.take(&mut slot);
+                    slot.relay = Some(relay.clone());
+                    stale
+                };
                 if let Some(stale) = replaced {
                     // A child from a file that changed while it was starting (the reload
                     // found nothing published to retire), or one that just died.

@@ -695,6 +695,7 @@ async fn swapped_clients_directory_symlink_is_followed() {
         DEBOUNCE_MS,
         "--stop-grace",
         STOP_GRACE,
+        "--allow-open-tenants",
         "--clients",
         link.to_str().unwrap(),
     ];
