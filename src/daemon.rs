@@ -65,8 +65,8 @@ async fn run(args: ServeArgs, settings: Arc<Settings>) -> anyhow::Result<()> {
         .map_err(|e| warn!(error = %e, "metrics recorder not installed; /metrics will be empty"))
         .ok();
     let registry = Arc::new(Registry::new());
-    let first = registry.reload(&settings.defaults);
-    report_reload(&first);
+    // The registry logs each bad file (file and reason) itself.
+    registry.reload(&settings.defaults);
     info!(
         clients = registry.snapshot().len(),
         dir = %settings.defaults.clients_dir.display(),
@@ -191,12 +191,5 @@ async fn listener(
         None => TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}")),
-    }
-}
-
-/// Logs what a reload changed and every file it could not use.
-pub fn report_reload(outcome: &ReloadOutcome) {
-    for err in &outcome.errors {
-        warn!(file = %err.path.display(), reason = %err.reason, "client file not loaded");
     }
 }
