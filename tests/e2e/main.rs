@@ -11,4 +11,6 @@
 mod util;
 
 mod interop;
+mod lifecycle;
+mod mux;
 mod smoke;
