@@ -739,57 +739,6 @@ pub async fn wait_no_process_with_marker(marker: &str, within: Duration) -> Resu
 }
 
 // ---------------------------------------------------------------------------------------------
-// The harness's own pure parts
-// ---------------------------------------------------------------------------------------------
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sse_parser_joins_data_lines_and_survives_split_chunks() {
-        let text =
-            ": keep-alive\n\nid: 7\nevent: message\ndata: {\"a\":\r\ndata: 1}\n\ndata: é\n\n";
-        let mut parser = SseParser::default();
-        let mut events = Vec::new();
-        for byte in text.as_bytes() {
-            events.extend(parser.push(std::slice::from_ref(byte)));
-        }
-        let want = vec![
-            SseEvent {
-                id: Some("7".into()),
-                event: Some("message".into()),
-                data: "{\"a\":\n1}".into(),
-            },
-            SseEvent {
-                data: "é".into(),
-                ..SseEvent::default()
-            },
-        ];
-        assert_eq!(events, want);
-        assert_eq!(parse_sse(text), want, "the whole-text parser must agree");
-    }
-
-    #[test]
-    fn listening_lines_give_tenant_and_admin_addresses() {
-        let lines = [
-            "2026-11-25T08:00:00Z  INFO mcpmux: admin listening on http://127.0.0.1:4001/"
-                .to_owned(),
-            r#"{"fields":{"message":"listening on http://127.0.0.1:4000/mcp"}}"#.to_owned(),
-        ];
-        assert_eq!(
-            tenant_addr_in(&lines),
-            Some("127.0.0.1:4000".parse().unwrap())
-        );
-        assert_eq!(
-            admin_addr_in(&lines),
-            Some("127.0.0.1:4001".parse().unwrap())
-        );
-        assert_eq!(tenant_addr_in(&lines[..1]), None);
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // The fake child (`tests/fixtures/fake_child.py`)
 // ---------------------------------------------------------------------------------------------
 
@@ -865,4 +814,55 @@ pub async fn child_pid(daemon: &Daemon, client_id: &str, session: &str) -> u32 {
     let text = text.unwrap_or_else(|| panic!("the pid tool must answer with text: {called:#}"));
     text.parse()
         .unwrap_or_else(|e| panic!("the pid tool must answer a number ({e}): {text:?}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The harness's own pure parts
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_parser_joins_data_lines_and_survives_split_chunks() {
+        let text =
+            ": keep-alive\n\nid: 7\nevent: message\ndata: {\"a\":\r\ndata: 1}\n\ndata: é\n\n";
+        let mut parser = SseParser::default();
+        let mut events = Vec::new();
+        for byte in text.as_bytes() {
+            events.extend(parser.push(std::slice::from_ref(byte)));
+        }
+        let want = vec![
+            SseEvent {
+                id: Some("7".into()),
+                event: Some("message".into()),
+                data: "{\"a\":\n1}".into(),
+            },
+            SseEvent {
+                data: "é".into(),
+                ..SseEvent::default()
+            },
+        ];
+        assert_eq!(events, want);
+        assert_eq!(parse_sse(text), want, "the whole-text parser must agree");
+    }
+
+    #[test]
+    fn listening_lines_give_tenant_and_admin_addresses() {
+        let lines = [
+            "2026-11-25T08:00:00Z  INFO mcpmux: admin listening on http://127.0.0.1:4001/"
+                .to_owned(),
+            r#"{"fields":{"message":"listening on http://127.0.0.1:4000/mcp"}}"#.to_owned(),
+        ];
+        assert_eq!(
+            tenant_addr_in(&lines),
+            Some("127.0.0.1:4000".parse().unwrap())
+        );
+        assert_eq!(
+            admin_addr_in(&lines),
+            Some("127.0.0.1:4001".parse().unwrap())
+        );
+        assert_eq!(tenant_addr_in(&lines[..1]), None);
+    }
 }
