@@ -108,6 +108,8 @@ async fn equal_ids_from_concurrent_sessions_each_get_their_own_result_with_the_i
 
     // 64 calls, all with id 1: session n % 4, number or string by (n / 4) % 2, so every
     // session has both kinds in flight at once. Each call carries its own argument `n`.
+    // (Reusing an id within a session breaks an MCP rule; mcpmux must stay correct anyway,
+    // since each POST has its own answer.)
     let calls = (0..64u64).map(|n| {
         let session = &sessions[(n % 4) as usize];
         let id = if (n / 4) % 2 == 0 { "1" } else { "\"1\"" };
@@ -312,9 +314,9 @@ async fn fifty_simultaneous_first_initializes_spawn_and_initialize_one_child() {
     assert_eq!(started, 1, "the daemon must have started one child");
 }
 
-/// Starts `slow` (60 s) in one session, learns its child-side id from the fixture, lets
-/// `disconnect` drop the caller's side, and returns the child-side id and the
-/// `requestId`s of the cancellations the child received.
+/// Starts `slow` (60 s) in one session (streaming progress, or silent until its answer),
+/// learns its child-side id from the fixture, drops the caller's connection, and returns the
+/// child-side id, the `requestId`s of the cancellations the child received, and its log.
 async fn cancelled_after_disconnect(with_progress: bool) -> (u64, Vec<Value>, ChildLog) {
     let log = ChildLog::new();
     let (_clients, mut daemon) = fake_tenant(&log, &["--stop-grace", "0.5"]).await;
