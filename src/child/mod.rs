@@ -363,7 +363,7 @@ mod tests {
 
     #[tokio::test]
     async fn over_long_stdout_line_stops_the_child_with_line_too_long() {
-        let script = "echo ok; head -c 5000 /dev/zero; echo; exec sleep 300";
+        let script = "echo ok; head -c 5000 /dev/zero; echo; echo after; exec sleep 300";
         let settings = ChildSettings {
             max_line_bytes: 1024,
             ..settings(200)

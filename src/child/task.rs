@@ -195,6 +195,9 @@ impl Actor {
 
     fn on_frame(&mut self, frame: Option<io::Result<Frame>>) {
         match frame {
+            // After an over-long line the child's output is not trusted: its in-flight
+            // requests must fail (DESIGN §3, limits), not be answered by what follows.
+            Some(Ok(Frame::Line(_))) if self.line_too_long() => {}
             Some(Ok(Frame::Line(line))) if !self.events_closed => self.pending = Some(line),
             Some(Ok(Frame::Line(_))) => {}
             Some(Ok(Frame::TooLong(_))) => self.on_line_too_long(),
@@ -213,6 +216,11 @@ impl Actor {
             "child wrote a stdout line over the limit; stopping it"
         );
         self.begin_stop(ExitReason::LineTooLong);
+    }
+
+    fn line_too_long(&self) -> bool {
+        let stopping = self.stopping.as_ref();
+        stopping.is_some_and(|s| s.reason == ExitReason::LineTooLong)
     }
 
     /// Without stdout the child cannot answer: stop it (it is usually exiting anyway).

@@ -166,6 +166,7 @@ async fn post(app: &Arc<App>, ctx: Ctx, req: http::Request<Incoming>) -> Respons
         Ok(body) => body,
         Err(response) => return response,
     };
+    let body = envelope::one_line(body); // the child reads one message per line
     let env = match envelope::parse(&body) {
         Ok(env) => env,
         Err(e) => return rpc_error(StatusCode::BAD_REQUEST, e.code(), &e.to_string()),

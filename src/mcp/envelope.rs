@@ -7,6 +7,7 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -177,6 +178,22 @@ fn check_id(id: &RawValue) -> Result<&RawValue, EnvelopeError> {
     }
 }
 
+/// `message` as one line, for the child's newline-delimited framing. In valid JSON a raw CR
+/// or LF can only be whitespace between tokens, so each becomes a space: the meaning and every
+/// byte offset stay the same. Bytes that are not valid JSON are returned unchanged, for the
+/// parser to reject.
+pub fn one_line(message: Bytes) -> Bytes {
+    let is_break = |b: &u8| matches!(b, b'\n' | b'\r');
+    if !message.iter().any(is_break) || serde_json::from_slice::<&RawValue>(&message).is_err() {
+        return message;
+    }
+    let flat: Vec<u8> = message
+        .iter()
+        .map(|b| if is_break(b) { b' ' } else { *b })
+        .collect();
+    flat.into()
+}
+
 /// The byte range of `inner` inside `outer`, when `inner` was borrowed from it.
 pub fn span_of(outer: &[u8], inner: &str) -> Option<Range<usize>> {
     let start = (inner.as_ptr() as usize).checked_sub(outer.as_ptr() as usize)?;
@@ -265,6 +282,20 @@ pub fn error_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_line_turns_breaks_between_tokens_into_spaces() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"{\"a\":1}", b"{\"a\":1}"),
+            (b"{\r\n \"a\": [1,\n2]\n}\n", b"{   \"a\": [1, 2] } "),
+            // Not JSON (a raw LF inside a string): left for the parser to reject.
+            (b"{\"a\":\"x\ny\"}", b"{\"a\":\"x\ny\"}"),
+        ];
+        for (input, want) in cases {
+            let got = one_line(Bytes::copy_from_slice(input));
+            assert_eq!(&got[..], *want, "{}", String::from_utf8_lossy(input));
+        }
+    }
 
     #[test]
     fn kinds() {

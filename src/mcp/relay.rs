@@ -238,7 +238,13 @@ impl Relay {
                 CallEvent::Final(bytes) => break bytes,
             }
         };
-        let result = init_result(&reply)?;
+        let result = match init_result(&reply) {
+            // The exit epilogue's error reply, not the child's: it died, it did not refuse.
+            Err(InitError::Rejected(_)) if !self.alive.load(Ordering::Acquire) => {
+                Err(InitError::Failed(self.exit_message()))
+            }
+            other => other,
+        }?;
         let note = Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
         self.child
             .send(note)

@@ -12,6 +12,8 @@ mod util;
 
 mod http_errors;
 mod interop;
+mod lifecycle;
+mod mux;
 mod reload;
 mod smoke;
 mod tenant;

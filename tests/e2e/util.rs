@@ -741,6 +741,84 @@ pub async fn wait_no_process_with_marker(marker: &str, within: Duration) -> Resu
 }
 
 // ---------------------------------------------------------------------------------------------
+// The fake child (`tests/fixtures/fake_child.py`)
+// ---------------------------------------------------------------------------------------------
+
+/// A fake child's `--log-file`: every line the child received, in a temp dir of its own (not
+/// the clients directory, which the daemon watches). Its file name carries a decimal marker,
+/// so the child's command line can be found in `/proc` (and `sleep 3000.<marker>` is valid).
+pub struct ChildLog {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    marker: String,
+}
+
+impl ChildLog {
+    pub fn new() -> ChildLog {
+        let dir = tempfile::Builder::new()
+            .prefix("mcpmux-e2e-childlog-")
+            .tempdir()
+            .expect("a temp dir for the child log must be creatable");
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).expect("the OS random source must be available");
+        let marker = format!("{:020}", u64::from_le_bytes(bytes));
+        let path = dir.path().join(format!("child-{marker}.log"));
+        ChildLog {
+            _dir: dir,
+            path,
+            marker,
+        }
+    }
+
+    /// The path to pass as `--log-file`.
+    pub fn path(&self) -> &str {
+        self.path.to_str().expect("temp path must be UTF-8")
+    }
+
+    /// Decimal digits found in the child's command line (and nowhere else).
+    pub fn marker(&self) -> &str {
+        &self.marker
+    }
+
+    /// The raw lines received so far (none if the child never started).
+    pub fn lines(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        text.lines().map(str::to_owned).collect()
+    }
+
+    /// Every received message with `method` (requests and notifications), parsed.
+    pub fn with_method(&self, method: &str) -> Vec<Value> {
+        self.lines()
+            .iter()
+            .map(|l| parse_json(l))
+            .filter(|m| m["method"] == method)
+            .collect()
+    }
+
+    /// Every `tools/call` of tool `name` received, parsed.
+    pub fn tool_calls(&self, name: &str) -> Vec<Value> {
+        let calls = self.with_method("tools/call").into_iter();
+        calls.filter(|m| m["params"]["name"] == name).collect()
+    }
+}
+
+/// [`fake_child_spec`] with `--log-file` pointing at `log`, then `args`.
+pub fn logged_fake_child_spec(log: &ChildLog, args: &[&str]) -> Value {
+    let mut all = vec!["--log-file", log.path()];
+    all.extend(args);
+    fake_child_spec(&all)
+}
+
+/// The child's pid, from its `pid` tool (both the fake child and `mcp-echo` have one).
+pub async fn child_pid(daemon: &Daemon, client_id: &str, session: &str) -> u32 {
+    let called = call_tool(daemon, client_id, session, "pid", json!({})).await;
+    let text = called["result"]["content"][0]["text"].as_str();
+    let text = text.unwrap_or_else(|| panic!("the pid tool must answer with text: {called:#}"));
+    text.parse()
+        .unwrap_or_else(|e| panic!("the pid tool must answer a number ({e}): {text:?}"))
+}
+
+// ---------------------------------------------------------------------------------------------
 // The harness's own pure parts
 // ---------------------------------------------------------------------------------------------
 
