@@ -561,6 +561,15 @@ mod tests {
 
     const VERSION: Header<'static> = Header::Value(STATELESS_VERSION);
 
+    /// A request, its version, method and name headers, and the ladder's verdict.
+    type LadderCase = (
+        String,
+        Header<'static>,
+        Header<'static>,
+        Header<'static>,
+        Result<(), i64>,
+    );
+
     fn request(method: &str, params: Value) -> String {
         json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string()
     }
@@ -641,7 +650,7 @@ mod tests {
         let m = Header::Value("tools/call");
         let n = Header::Value("echo");
         let absent = Header::Absent;
-        let cases: Vec<(String, Header<'_>, Header<'_>, Header<'_>, Result<(), i64>)> = vec![
+        let cases: Vec<LadderCase> = vec![
             (ok.clone(), VERSION, m, n, Ok(())),
             // Required `_meta` comes first, even before headers.
             (
