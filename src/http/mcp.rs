@@ -1,5 +1,6 @@
 //! `/mcp`, session era (DESIGN §3): POST carries one JSON-RPC message, GET opens the
-//! session's stream, DELETE ends the session.
+//! session's stream, DELETE ends the session. Sessionless stateless-era POSTs are handed
+//! to the `stateless` module before the session rules apply.
 //!
 //! Requests are answered as `application/json` when the caller accepts it and the child
 //! sends nothing before its response; otherwise as `text/event-stream`.

@@ -95,8 +95,22 @@ async fn request(
     if let Some(why) = rules::not_in_this_era(method) {
         return not_found(id, &why);
     }
+    bridge(app, ctx, body, env, &admitted, accept).await
+}
+
+/// An admitted request: `server/discover` answered here, anything else relayed.
+async fn bridge(
+    app: &Arc<App>,
+    ctx: &Ctx,
+    body: &[u8],
+    env: &Envelope<'_>,
+    admitted: &Admitted<'_>,
+    accept: Accept,
+) -> Response<Body> {
+    let id = env.id.map_or("null", |id| id.get());
+    let method = env.method.as_deref().unwrap_or_default();
     // The child was perhaps never initialized: then mcpmux does it, for this caller.
-    let params = rules::init_params(&admitted);
+    let params = rules::init_params(admitted);
     let (relay, cache) = match app.pool.relay(&ctx.tenant, &ctx.spec, Some(&params)).await {
         Ok(ready) => ready,
         Err(e) => return start_failed(id, e),
@@ -111,7 +125,7 @@ async fn request(
         );
         return ApiError::unavailable("TOO_MANY_REQUESTS", msg, 1).into_response();
     }
-    log_admitted(ctx, method, &admitted);
+    log_admitted(ctx, method, admitted);
     match relay.call(body, env, None).await {
         Ok(call) => respond(call, method, accept, app.settings.request_timeout).await,
         Err(e) => json_response(
@@ -208,4 +222,30 @@ fn stream(mut call: Call, first: Bytes, method: String, timeout: Duration) -> Re
         }
     });
     sse_response(SseBody::new(rx, None, Box::new(())))
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn routing_headers_are_single_visible_ascii_values() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(header(&headers, METHOD_HEADER), Header::Absent);
+        headers.insert("Mcp-Method", HeaderValue::from_static("tools/call"));
+        assert_eq!(header(&headers, METHOD_HEADER), Header::Value("tools/call"));
+        headers.append("mcp-method", HeaderValue::from_static("tools/call"));
+        assert!(matches!(
+            header(&headers, METHOD_HEADER),
+            Header::Malformed(_)
+        ));
+        let latin1 = HeaderValue::from_bytes(b"caf\xe9").unwrap();
+        headers.insert(NAME_HEADER, latin1);
+        assert!(matches!(
+            header(&headers, NAME_HEADER),
+            Header::Malformed(_)
+        ));
+    }
 }
