@@ -30,6 +30,8 @@ pub struct Settings {
     pub session_ttl: Duration,
     /// Drain deadline on SIGTERM.
     pub shutdown_grace: Duration,
+    /// How long a broken SSE reply waits for its caller to resume before it is cancelled.
+    pub resume_grace: Duration,
 }
 
 /// A setting that cannot be used.
@@ -87,6 +89,7 @@ impl Settings {
             )? as usize,
             session_ttl: Duration::from_secs(positive("session-ttl", args.session_ttl)?),
             shutdown_grace: seconds("shutdown-grace", args.shutdown_grace)?,
+            resume_grace: seconds("resume-grace", args.resume_grace)?,
         })
     }
 }

@@ -3,6 +3,12 @@
 //!
 //! Requests are answered as `application/json` when the caller accepts it and the child
 //! sends nothing before its response; otherwise as `text/event-stream`.
+//!
+//! Session-era SSE replies are resumable: each is a reply stream of the session (see
+//! [`crate::mcp::stream`]), opened with a priming event, and a GET with `Last-Event-ID`
+//! resumes it or the GET stream. A caller whose reply connection breaks has the resume grace
+//! (`--resume-grace`) to come back; after it the request is cancelled at the child (a
+//! disconnect alone is not a cancellation, as the spec says; a caller that never returns is).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,18 +18,20 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::debug;
 
 use super::body::{Body, SseBody};
 use super::error::{ApiError, empty, json_response, rpc_error};
 use super::{App, Observed};
 use crate::clients::ClientSpec;
+use crate::mcp::control;
 use crate::mcp::envelope::{
     self, Envelope, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, Kind, span_of, splice,
 };
 use crate::mcp::relay::{Call, CallEvent, Relay};
-use crate::mcp::session::{CallerCaps, Session, new_session_id};
+use crate::mcp::session::{Attached, CallerCaps, Session, Sessions, new_session_id};
 use crate::pool::{StartError, Tenant};
 use crate::settings::MAX_SESSIONS_PER_TENANT;
 
@@ -36,6 +44,27 @@ pub const SESSION_ERA_VERSIONS: [&str; 4] =
     ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
 /// Messages queued on a POST's SSE reply before related ones are dropped.
 const REPLY_QUEUE: usize = 64;
+/// The request header naming the last SSE event a resuming caller saw.
+pub const LAST_EVENT_ID_HEADER: &str = "last-event-id";
+
+/// Where a session-era reply is recorded, so that it can be resumed.
+#[derive(Clone)]
+struct Replying {
+    sessions: Arc<Sessions>,
+    session: Arc<Session>,
+    /// How long a broken reply may wait for its caller to resume before it is cancelled.
+    grace: Duration,
+}
+
+impl Replying {
+    fn new(app: &App, ctx: &Ctx, session: &Arc<Session>) -> Self {
+        Self {
+            sessions: ctx.tenant.sessions.clone(),
+            session: session.clone(),
+            grace: app.settings.resume_grace,
+        }
+    }
+}
 
 /// What the caller's `Accept` allows.
 #[derive(Debug, Clone, Copy)]
@@ -302,29 +331,26 @@ async fn initialize(
             );
         }
     };
-    if ctx
-        .tenant
-        .sessions
-        .insert(
-            session_id.clone(),
-            version.clone(),
-            caps,
-            MAX_SESSIONS_PER_TENANT,
-        )
-        .is_none()
-    {
+    let inserted = ctx.tenant.sessions.insert(
+        session_id.clone(),
+        version.clone(),
+        caps,
+        MAX_SESSIONS_PER_TENANT,
+    );
+    let Some(session) = inserted else {
         return ApiError::unavailable(
             "TOO_MANY_SESSIONS",
             "This client has too many open sessions; end some with DELETE.",
             5,
         )
         .into_response();
-    }
+    };
     let result = with_version(&cache.result, &version);
     let mut message = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":"#).into_bytes();
     message.extend_from_slice(&result);
     message.push(b'}');
-    let mut response = single(message.into(), accept);
+    let to = Replying::new(app, ctx, &session);
+    let mut response = single(message.into(), accept, Some(&to));
     if let Ok(value) = HeaderValue::from_str(&session_id) {
         response.headers_mut().insert(SESSION_HEADER, value);
     }
@@ -378,14 +404,33 @@ fn start_failed(id: &str, err: StartError) -> Response<Body> {
     }
 }
 
-/// One complete message, as JSON when accepted, else as a one-event SSE stream.
-fn single(message: Bytes, accept: Accept) -> Response<Body> {
+/// One complete message, as JSON when accepted, else as a one-event SSE stream (recorded
+/// on a reply stream of the session `to`, when given).
+fn single(message: Bytes, accept: Accept, to: Option<&Replying>) -> Response<Body> {
     if accept.json {
         return json_response(StatusCode::OK, message);
+    }
+    if let Some(to) = to {
+        let (number, attached) = to.sessions.open_reply(&to.session);
+        to.session.record(number, &message);
+        to.session.finish(number);
+        return framed_response(attached, None);
     }
     let (tx, rx) = mpsc::channel(1);
     let _ = tx.try_send(message); // capacity 1, fresh channel: cannot fail
     sse_response(SseBody::new(rx, None, Box::new(())))
+}
+
+/// An SSE response for a connection attached to a session's stream.
+fn framed_response(
+    attached: Attached,
+    shutdown: Option<WaitForCancellationFutureOwned>,
+) -> Response<Body> {
+    sse_response(SseBody::framed(
+        attached.rx,
+        shutdown,
+        Box::new(attached.guard),
+    ))
 }
 
 fn sse_response(body: SseBody) -> Response<Body> {
@@ -420,6 +465,11 @@ async fn request(
         );
         return ApiError::unavailable("TOO_MANY_REQUESTS", msg, 1).into_response();
     }
+    let to = Replying::new(app, ctx, session);
+    let timeout = app.settings.request_timeout;
+    if let Some(reply) = control::answer(&relay, session, body, env, timeout).await {
+        return single(reply, accept, Some(&to));
+    }
     let call = match relay.call(body, env, Some(session.id.clone())).await {
         Ok(call) => call,
         Err(e) => {
@@ -429,16 +479,86 @@ async fn request(
             );
         }
     };
-    respond(call, accept, app.settings.request_timeout).await
+    respond(call, accept, timeout, Some(to)).await
 }
 
-/// Answers with JSON if the first thing the child sends is the response; else streams.
-async fn respond(mut call: Call, accept: Accept, timeout: Duration) -> Response<Body> {
+/// Answers with JSON if the first thing the child sends is the response; else streams,
+/// resumably when the reply belongs to a session (`to`).
+async fn respond(
+    mut call: Call,
+    accept: Accept,
+    timeout: Duration,
+    to: Option<Replying>,
+) -> Response<Body> {
     loop {
         match call.next(timeout).await {
-            CallEvent::Final(message) => return single(message, accept),
+            CallEvent::Final(message) => return single(message, accept, to.as_ref()),
             CallEvent::Related(_) if !accept.sse => continue, // JSON-only caller: nowhere to put it
-            CallEvent::Related(first) => return stream_call(call, first, timeout),
+            CallEvent::Related(first) => {
+                return match to {
+                    Some(to) => stream_resumable(call, first, timeout, to),
+                    None => stream_call(call, first, timeout),
+                };
+            }
+        }
+    }
+}
+
+/// Streams a call on a new reply stream of the session, which a GET can resume.
+fn stream_resumable(call: Call, first: Bytes, timeout: Duration, to: Replying) -> Response<Body> {
+    let (number, attached) = to.sessions.open_reply(&to.session);
+    to.session.record(number, &first);
+    let connected = to.session.watch_connected(number);
+    // Owned by the reply stream: ends at the final message, or once no connection has been
+    // attached for the resume grace; dropping the call then cancels it at the child.
+    tokio::spawn(pump_reply(call, to, number, connected, timeout));
+    framed_response(attached, None)
+}
+
+async fn pump_reply(
+    mut call: Call,
+    to: Replying,
+    number: u64,
+    connected: Option<watch::Receiver<bool>>,
+    timeout: Duration,
+) {
+    let abandoned = abandoned(connected, to.grace);
+    tokio::pin!(abandoned);
+    loop {
+        let event = tokio::select! {
+            biased;
+            () = &mut abandoned => {
+                debug!(session = %to.session.id, stream = number, "caller did not resume its reply; cancelling");
+                to.session.finish(number);
+                return;
+            }
+            event = call.next(timeout) => event,
+        };
+        match event {
+            CallEvent::Related(message) => {
+                to.session.record(number, &message); // buffered for resumption if nobody reads
+            }
+            CallEvent::Final(message) => {
+                to.session.record(number, &message);
+                to.session.finish(number);
+                return;
+            }
+        }
+    }
+}
+
+/// Resolves once the stream has had no connection for `grace` (or is gone).
+async fn abandoned(connected: Option<watch::Receiver<bool>>, grace: Duration) {
+    let Some(mut connected) = connected else {
+        return;
+    };
+    loop {
+        if connected.wait_for(|live| !*live).await.is_err() {
+            return;
+        }
+        let resumed = tokio::time::timeout(grace, connected.wait_for(|live| *live)).await;
+        if !matches!(resumed, Ok(Ok(_))) {
+            return;
         }
     }
 }
@@ -518,9 +638,22 @@ fn get(app: &Arc<App>, ctx: Ctx, headers: &HeaderMap) -> Response<Body> {
         Ok(session) => session,
         Err(response) => return response,
     };
-    let (rx, guard) = ctx.tenant.sessions.open_stream(&session);
+    session.touch();
+    let last_event_id = match headers.get(LAST_EVENT_ID_HEADER).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(text)) => Some(text),
+        Some(Err(_)) => {
+            let msg = "Last-Event-ID must be visible ASCII; open the stream without it";
+            return rpc_error(StatusCode::BAD_REQUEST, INVALID_REQUEST, msg);
+        }
+    };
+    let attached = match ctx.tenant.sessions.connect(&session, last_event_id) {
+        Ok(attached) => attached,
+        // Unknown or expired ids are refused rather than answered with a silent gap.
+        Err(e) => return rpc_error(StatusCode::BAD_REQUEST, INVALID_REQUEST, &e.to_string()),
+    };
     let shutdown = app.shutdown.clone().cancelled_owned();
-    sse_response(SseBody::new(rx, Some(shutdown), Box::new(guard)))
+    framed_response(attached, Some(shutdown))
 }
 
 fn delete(ctx: Ctx, headers: &HeaderMap) -> Response<Body> {

@@ -6,8 +6,16 @@
 //! answered from the cached result, and a replacement child (after a reap, crash or
 //! reload) gets the same handshake replayed, so sessions outlive children. Requests get
 //! child-side ids (see [`relay`]), so equal ids from different sessions never collide.
+//!
+//! What the child sends on its own reaches the sessions concerned, each on exactly one of
+//! its SSE streams ([`stream`]): progress and the child's requests on the reply stream of
+//! the request they belong to, notifications on the GET stream, resource updates only to
+//! subscribers and log messages by each session's own level ([`interest`], [`control`]).
 
+pub mod control;
 pub mod envelope;
+pub mod interest;
 pub mod relay;
 pub mod reverse;
 pub mod session;
+pub mod stream;
