@@ -12,3 +12,4 @@ mod util;
 
 mod interop;
 mod smoke;
+mod streams;
