@@ -18,12 +18,12 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
-use tokio::sync::{mpsc, watch};
-use tokio_util::sync::WaitForCancellationFutureOwned;
+use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::body::{Body, SseBody};
 use super::error::{ApiError, empty, json_response, rpc_error};
+use super::reply::{self, Replying};
 use super::{App, Observed};
 use crate::clients::ClientSpec;
 use crate::mcp::control;
@@ -31,7 +31,7 @@ use crate::mcp::envelope::{
     self, Envelope, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, Kind, span_of, splice,
 };
 use crate::mcp::relay::{Call, CallEvent, Relay};
-use crate::mcp::session::{Attached, CallerCaps, Session, Sessions, new_session_id};
+use crate::mcp::session::{CallerCaps, Session, new_session_id};
 use crate::pool::{StartError, Tenant};
 use crate::settings::MAX_SESSIONS_PER_TENANT;
 
@@ -46,25 +46,6 @@ pub const SESSION_ERA_VERSIONS: [&str; 4] =
 const REPLY_QUEUE: usize = 64;
 /// The request header naming the last SSE event a resuming caller saw.
 pub const LAST_EVENT_ID_HEADER: &str = "last-event-id";
-
-/// Where a session-era reply is recorded, so that it can be resumed.
-#[derive(Clone)]
-struct Replying {
-    sessions: Arc<Sessions>,
-    session: Arc<Session>,
-    /// How long a broken reply may wait for its caller to resume before it is cancelled.
-    grace: Duration,
-}
-
-impl Replying {
-    fn new(app: &App, ctx: &Ctx, session: &Arc<Session>) -> Self {
-        Self {
-            sessions: ctx.tenant.sessions.clone(),
-            session: session.clone(),
-            grace: app.settings.resume_grace,
-        }
-    }
-}
 
 /// What the caller's `Accept` allows.
 #[derive(Debug, Clone, Copy)]
@@ -349,7 +330,7 @@ async fn initialize(
     let mut message = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":"#).into_bytes();
     message.extend_from_slice(&result);
     message.push(b'}');
-    let to = Replying::new(app, ctx, &session);
+    let to = replying(app, ctx, &session);
     let mut response = single(message.into(), accept, Some(&to));
     if let Ok(value) = HeaderValue::from_str(&session_id) {
         response.headers_mut().insert(SESSION_HEADER, value);
@@ -404,6 +385,12 @@ fn start_failed(id: &str, err: StartError) -> Response<Body> {
     }
 }
 
+/// The session's reply streams, for answers that must be resumable.
+fn replying(app: &App, ctx: &Ctx, session: &Arc<Session>) -> Replying {
+    let sessions = ctx.tenant.sessions.clone();
+    Replying::new(sessions, session.clone(), app.settings.resume_grace)
+}
+
 /// One complete message, as JSON when accepted, else as a one-event SSE stream (recorded
 /// on a reply stream of the session `to`, when given).
 fn single(message: Bytes, accept: Accept, to: Option<&Replying>) -> Response<Body> {
@@ -411,29 +398,14 @@ fn single(message: Bytes, accept: Accept, to: Option<&Replying>) -> Response<Bod
         return json_response(StatusCode::OK, message);
     }
     if let Some(to) = to {
-        let (number, attached) = to.sessions.open_reply(&to.session);
-        to.session.record(number, &message);
-        to.session.finish(number);
-        return framed_response(attached, None);
+        return to.single(&message);
     }
     let (tx, rx) = mpsc::channel(1);
     let _ = tx.try_send(message); // capacity 1, fresh channel: cannot fail
     sse_response(SseBody::new(rx, None, Box::new(())))
 }
 
-/// An SSE response for a connection attached to a session's stream.
-fn framed_response(
-    attached: Attached,
-    shutdown: Option<WaitForCancellationFutureOwned>,
-) -> Response<Body> {
-    sse_response(SseBody::framed(
-        attached.rx,
-        shutdown,
-        Box::new(attached.guard),
-    ))
-}
-
-fn sse_response(body: SseBody) -> Response<Body> {
+pub(super) fn sse_response(body: SseBody) -> Response<Body> {
     let mut response = Response::new(Body::Sse(Box::new(body)));
     let headers = response.headers_mut();
     headers.insert(
@@ -465,7 +437,7 @@ async fn request(
         );
         return ApiError::unavailable("TOO_MANY_REQUESTS", msg, 1).into_response();
     }
-    let to = Replying::new(app, ctx, session);
+    let to = replying(app, ctx, session);
     let timeout = app.settings.request_timeout;
     if let Some(reply) = control::answer(&relay, session, body, env, timeout).await {
         return single(reply, accept, Some(&to));
@@ -496,69 +468,10 @@ async fn respond(
             CallEvent::Related(_) if !accept.sse => continue, // JSON-only caller: nowhere to put it
             CallEvent::Related(first) => {
                 return match to {
-                    Some(to) => stream_resumable(call, first, timeout, to),
+                    Some(to) => to.stream(call, first, timeout),
                     None => stream_call(call, first, timeout),
                 };
             }
-        }
-    }
-}
-
-/// Streams a call on a new reply stream of the session, which a GET can resume.
-fn stream_resumable(call: Call, first: Bytes, timeout: Duration, to: Replying) -> Response<Body> {
-    let (number, attached) = to.sessions.open_reply(&to.session);
-    to.session.record(number, &first);
-    let connected = to.session.watch_connected(number);
-    // Owned by the reply stream: ends at the final message, or once no connection has been
-    // attached for the resume grace; dropping the call then cancels it at the child.
-    tokio::spawn(pump_reply(call, to, number, connected, timeout));
-    framed_response(attached, None)
-}
-
-async fn pump_reply(
-    mut call: Call,
-    to: Replying,
-    number: u64,
-    connected: Option<watch::Receiver<bool>>,
-    timeout: Duration,
-) {
-    let abandoned = abandoned(connected, to.grace);
-    tokio::pin!(abandoned);
-    loop {
-        let event = tokio::select! {
-            biased;
-            () = &mut abandoned => {
-                debug!(session = %to.session.id, stream = number, "caller did not resume its reply; cancelling");
-                to.session.finish(number);
-                return;
-            }
-            event = call.next(timeout) => event,
-        };
-        match event {
-            CallEvent::Related(message) => {
-                to.session.record(number, &message); // buffered for resumption if nobody reads
-            }
-            CallEvent::Final(message) => {
-                to.session.record(number, &message);
-                to.session.finish(number);
-                return;
-            }
-        }
-    }
-}
-
-/// Resolves once the stream has had no connection for `grace` (or is gone).
-async fn abandoned(connected: Option<watch::Receiver<bool>>, grace: Duration) {
-    let Some(mut connected) = connected else {
-        return;
-    };
-    loop {
-        if connected.wait_for(|live| !*live).await.is_err() {
-            return;
-        }
-        let resumed = tokio::time::timeout(grace, connected.wait_for(|live| *live)).await;
-        if !matches!(resumed, Ok(Ok(_))) {
-            return;
         }
     }
 }
@@ -653,7 +566,7 @@ fn get(app: &Arc<App>, ctx: Ctx, headers: &HeaderMap) -> Response<Body> {
         Err(e) => return rpc_error(StatusCode::BAD_REQUEST, INVALID_REQUEST, &e.to_string()),
     };
     let shutdown = app.shutdown.clone().cancelled_owned();
-    framed_response(attached, Some(shutdown))
+    reply::framed_response(attached, Some(shutdown))
 }
 
 fn delete(ctx: Ctx, headers: &HeaderMap) -> Response<Body> {

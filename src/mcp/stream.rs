@@ -27,9 +27,9 @@ pub const GET_STREAM: u64 = 0;
 /// Events kept for replay per stream; older ones are forgotten.
 pub const REPLAY_EVENTS: usize = 256;
 /// Bytes of rendered events kept for replay per stream (the newest event is always kept).
-pub const REPLAY_BYTES: usize = 1024 * 1024;
+pub const REPLAY_BYTES: usize = 256 * 1024;
 /// Finished reply streams kept per session for late resumption; older ones are forgotten.
-pub const RETAINED_REPLIES: usize = 16;
+pub const RETAINED_REPLIES: usize = 4;
 /// Events queued on a live connection beyond its replay; a reader this far behind is cut off.
 pub const LIVE_QUEUE: usize = 256;
 /// The SSE `retry` sent with each priming event: how soon a cut-off caller should come back.
