@@ -36,6 +36,8 @@ pub struct Settings {
     pub allow_open_tenants: bool,
     /// Time to receive request headers.
     pub header_read_timeout: Duration,
+    /// How long a broken SSE reply waits for its caller to resume before it is cancelled.
+    pub resume_grace: Duration,
 }
 
 /// A setting that cannot be used.
@@ -96,6 +98,7 @@ impl Settings {
             max_children: positive("max-children", args.max_children as u64)? as usize,
             allow_open_tenants: args.allow_open_tenants,
             header_read_timeout: seconds("header-read-timeout", args.header_read_timeout)?,
+            resume_grace: seconds("resume-grace", args.resume_grace)?,
         })
     }
 }

@@ -37,16 +37,19 @@ impl Body {
     }
 }
 
-/// An SSE stream: each message from `rx` becomes one `data:` event.
+/// An SSE stream: each item from `rx` becomes one event.
 pub struct SseBody {
     rx: mpsc::Receiver<Bytes>,
+    /// Items are rendered events (with ids); otherwise bare JSON messages.
+    framed: bool,
     keepalive: Interval,
     shutdown: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     _owned: Box<dyn Send + Sync>,
 }
 
 impl SseBody {
-    /// A stream of the messages from `rx`; `owned` lives as long as the body.
+    /// A stream of the JSON messages from `rx`, each one `data:` event without an id (not
+    /// resumable); `owned` lives as long as the body.
     pub fn new(
         rx: mpsc::Receiver<Bytes>,
         shutdown: Option<WaitForCancellationFutureOwned>,
@@ -56,9 +59,22 @@ impl SseBody {
         keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Self {
             rx,
+            framed: false,
             keepalive,
             shutdown: shutdown.map(Box::pin),
             _owned: owned,
+        }
+    }
+
+    /// A stream of events already rendered by a session's stream (ids, priming, replay).
+    pub fn framed(
+        rx: mpsc::Receiver<Bytes>,
+        shutdown: Option<WaitForCancellationFutureOwned>,
+        owned: Box<dyn Send + Sync>,
+    ) -> Self {
+        Self {
+            framed: true,
+            ..Self::new(rx, shutdown, owned)
         }
     }
 }
@@ -110,9 +126,10 @@ impl SseBody {
             return Poll::Ready(None); // daemon draining: end the stream cleanly
         }
         match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(message)) => {
+            Poll::Ready(Some(item)) => {
                 self.keepalive.reset();
-                return Poll::Ready(Some(Ok(Frame::data(sse_event(&message)))));
+                let event = if self.framed { item } else { sse_event(&item) };
+                return Poll::Ready(Some(Ok(Frame::data(event))));
             }
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => {}

@@ -4,6 +4,12 @@
 //!
 //! Requests are answered as `application/json` when the caller accepts it and the child
 //! sends nothing before its response; otherwise as `text/event-stream`.
+//!
+//! Session-era SSE replies are resumable: each is a reply stream of the session (see
+//! [`crate::mcp::stream`]), opened with a priming event, and a GET with `Last-Event-ID`
+//! resumes it or the GET stream. A caller whose reply connection breaks has the resume grace
+//! (`--resume-grace`) to come back; after it the request is cancelled at the child (a
+//! disconnect alone is not a cancellation, as the spec says; a caller that never returns is).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +24,10 @@ use tracing::debug;
 
 use super::body::{Body, SseBody};
 use super::error::{ApiError, empty, json_response, rpc_error};
+use super::reply::{self, Replying};
 use super::{App, Observed};
 use crate::clients::ClientSpec;
+use crate::mcp::control;
 use crate::mcp::envelope::{
     self, Envelope, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, Kind, span_of, splice,
 };
@@ -36,6 +44,8 @@ pub const VERSION_HEADER: &str = "mcp-protocol-version";
 pub use crate::mcp::stateless::SESSION_ERA_VERSIONS;
 /// Messages queued on a POST's SSE reply before related ones are dropped.
 const REPLY_QUEUE: usize = 64;
+/// The request header naming the last SSE event a resuming caller saw.
+pub const LAST_EVENT_ID_HEADER: &str = "last-event-id";
 
 /// What the caller's `Accept` allows.
 #[derive(Debug, Clone, Copy)]
@@ -311,29 +321,26 @@ async fn initialize(
             );
         }
     };
-    if ctx
-        .tenant
-        .sessions
-        .insert(
-            session_id.clone(),
-            version.clone(),
-            caps,
-            MAX_SESSIONS_PER_TENANT,
-        )
-        .is_none()
-    {
+    let inserted = ctx.tenant.sessions.insert(
+        session_id.clone(),
+        version.clone(),
+        caps,
+        MAX_SESSIONS_PER_TENANT,
+    );
+    let Some(session) = inserted else {
         return ApiError::unavailable(
             "TOO_MANY_SESSIONS",
             "This client has too many open sessions; end some with DELETE.",
             5,
         )
         .into_response();
-    }
+    };
     let result = with_version(&cache.result, &version);
     let mut message = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":"#).into_bytes();
     message.extend_from_slice(&result);
     message.push(b'}');
-    let mut response = single(message.into(), accept);
+    let to = replying(app, ctx, &session);
+    let mut response = single(message.into(), accept, Some(&to));
     if let Ok(value) = HeaderValue::from_str(&session_id) {
         response.headers_mut().insert(SESSION_HEADER, value);
     }
@@ -391,10 +398,20 @@ pub(super) fn start_failed(id: &str, err: StartError) -> Response<Body> {
     }
 }
 
-/// One complete message, as JSON when accepted, else as a one-event SSE stream.
-pub(super) fn single(message: Bytes, accept: Accept) -> Response<Body> {
+/// The session's reply streams, for answers that must be resumable.
+fn replying(app: &App, ctx: &Ctx, session: &Arc<Session>) -> Replying {
+    let sessions = ctx.tenant.sessions.clone();
+    Replying::new(sessions, session.clone(), app.settings.resume_grace)
+}
+
+/// One complete message, as JSON when accepted, else as a one-event SSE stream (recorded
+/// on a reply stream of the session `to`, when given).
+pub(super) fn single(message: Bytes, accept: Accept, to: Option<&Replying>) -> Response<Body> {
     if accept.json {
         return json_response(StatusCode::OK, message);
+    }
+    if let Some(to) = to {
+        return to.single(&message);
     }
     let (tx, rx) = mpsc::channel(1);
     let _ = tx.try_send(message); // capacity 1, fresh channel: cannot fail
@@ -422,6 +439,7 @@ async fn request(
     accept: Accept,
 ) -> Response<Body> {
     let id = env.id.map_or("null", |id| id.get());
+    let timeout = app.settings.request_timeout;
     // A relay handed out just as the reaper or a reload stopped it refuses the send; the
     // request was never seen by any child, so it goes to the replacement once.
     let mut attempts = 2;
@@ -438,8 +456,12 @@ async fn request(
             );
             return ApiError::unavailable("TOO_MANY_REQUESTS", msg, 1).into_response();
         }
+        let to = replying(app, ctx, session);
+        if let Some(reply) = control::answer(&relay, session, body, env, timeout).await {
+            return single(reply, accept, Some(&to));
+        }
         match relay.call(body, env, Some(session.id.clone())).await {
-            Ok(call) => return respond(call, accept, app.settings.request_timeout).await,
+            Ok(call) => return respond(call, accept, timeout, Some(to)).await,
             Err(_) if attempts > 0 && !relay.usable() => continue,
             Err(e) => {
                 let reply = envelope::error_response(id, INTERNAL_ERROR, &e.to_string(), None);
@@ -449,13 +471,24 @@ async fn request(
     }
 }
 
-/// Answers with JSON if the first thing the child sends is the response; else streams.
-async fn respond(mut call: Call, accept: Accept, timeout: Duration) -> Response<Body> {
+/// Answers with JSON if the first thing the child sends is the response; else streams,
+/// resumably when the reply belongs to a session (`to`).
+async fn respond(
+    mut call: Call,
+    accept: Accept,
+    timeout: Duration,
+    to: Option<Replying>,
+) -> Response<Body> {
     loop {
         match call.next(timeout).await {
-            CallEvent::Final(message) => return single(message, accept),
+            CallEvent::Final(message) => return single(message, accept, to.as_ref()),
             CallEvent::Related(_) if !accept.sse => continue, // JSON-only caller: nowhere to put it
-            CallEvent::Related(first) => return stream_call(call, first, timeout),
+            CallEvent::Related(first) => {
+                return match to {
+                    Some(to) => to.stream(call, first, timeout),
+                    None => stream_call(call, first, timeout),
+                };
+            }
         }
     }
 }
@@ -535,9 +568,22 @@ fn get(app: &Arc<App>, ctx: Ctx, headers: &HeaderMap) -> Response<Body> {
         Ok(session) => session,
         Err(response) => return response,
     };
-    let (rx, guard) = ctx.tenant.sessions.open_stream(&session);
+    session.touch();
+    let last_event_id = match headers.get(LAST_EVENT_ID_HEADER).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(text)) => Some(text),
+        Some(Err(_)) => {
+            let msg = "Last-Event-ID must be visible ASCII; open the stream without it";
+            return rpc_error(StatusCode::BAD_REQUEST, INVALID_REQUEST, msg);
+        }
+    };
+    let attached = match ctx.tenant.sessions.connect(&session, last_event_id) {
+        Ok(attached) => attached,
+        // Unknown or expired ids are refused rather than answered with a silent gap.
+        Err(e) => return rpc_error(StatusCode::BAD_REQUEST, INVALID_REQUEST, &e.to_string()),
+    };
     let shutdown = app.shutdown.clone().cancelled_owned();
-    sse_response(SseBody::new(rx, Some(shutdown), Box::new(guard)))
+    reply::framed_response(attached, Some(shutdown))
 }
 
 fn delete(ctx: Ctx, headers: &HeaderMap) -> Response<Body> {

@@ -5,6 +5,7 @@
 mod body;
 mod error;
 pub mod mcp;
+mod reply;
 mod stateless;
 mod tenant;
 

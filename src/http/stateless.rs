@@ -165,7 +165,7 @@ fn discover(id: &str, init_result: &[u8], accept: Accept) -> Response<Body> {
     let mut message = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":"#).into_bytes();
     message.extend_from_slice(&rules::discover_result(init_result));
     message.push(b'}');
-    single(message.into(), accept)
+    single(message.into(), accept, None)
 }
 
 /// Answers with JSON if the first thing the child sends is the response; else streams.
@@ -192,7 +192,7 @@ fn final_reply(reply: Bytes, accept: Accept) -> Response<Body> {
     if rules::is_method_not_found(&reply) {
         return json_response(StatusCode::NOT_FOUND, reply);
     }
-    single(reply, accept)
+    single(reply, accept, None)
 }
 
 /// Progress, then the final reply, as SSE. Owned by the response body: the pump ends

@@ -9,9 +9,17 @@
 //! Stateless-era (2026-07-28) callers are bridged onto the same child ([`stateless`]):
 //! their requests are relayed without a session, and `server/discover` is answered
 //! from the cached `initialize` result.
+//!
+//! What the child sends on its own reaches the sessions concerned, each on exactly one of
+//! its SSE streams ([`stream`]): progress and the child's requests on the reply stream of
+//! the request they belong to, notifications on the GET stream, resource updates only to
+//! subscribers and log messages by each session's own level ([`interest`], [`control`]).
 
+pub mod control;
 pub mod envelope;
+pub mod interest;
 pub mod relay;
 pub mod reverse;
 pub mod session;
 pub mod stateless;
+pub mod stream;

@@ -18,7 +18,9 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use super::control;
 use super::envelope::{self, Envelope, INTERNAL_ERROR, Kind, METHOD_NOT_FOUND, span_of, splice};
+use super::interest::{self, Told};
 use super::reverse::{self, ReverseRequests};
 use super::session::{CallerCaps, Sessions};
 use crate::child::{ChildEvent, ChildHandle, ExitInfo, ExitReason};
@@ -59,6 +61,7 @@ pub struct Relay {
     sessions: Arc<Sessions>,
     reverse: ReverseRequests,
     idle: Arc<Notify>,
+    told: Mutex<Told>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -106,6 +109,7 @@ impl Relay {
             sessions,
             reverse: ReverseRequests::default(),
             idle,
+            told: Mutex::default(),
         })
     }
 
@@ -250,7 +254,52 @@ impl Relay {
             .send(note)
             .await
             .map_err(|e| InitError::Failed(e.to_string()))?;
+        // Before anyone else may use this child: the live sessions' subscriptions and level
+        // (a replacement child starts knowing nothing), then follow later changes.
+        control::reconcile(self).await;
+        control::spawn_reconciler(self.clone());
         Ok(result)
+    }
+
+    /// The sessions this child serves.
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
+    }
+
+    /// What this child has been told about subscriptions and logging.
+    pub fn told(&self) -> MutexGuard<'_, Told> {
+        lock(&self.told)
+    }
+
+    /// Sends a request of mcpmux's own (not a caller's) under a fresh id; the child's answer
+    /// matches no pending entry and is dropped.
+    pub async fn send_own(&self, method: &str, params: serde_json::Value) -> Result<(), SendError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let line = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        self.notify(line.to_string().into()).await
+    }
+
+    /// Sends a caller's request and waits for the final answer (caller's id restored),
+    /// dropping anything related. The call is not tied to the session, so the child's own
+    /// requests are never routed onto it.
+    pub async fn forward(
+        self: &Arc<Self>,
+        message: &[u8],
+        env: &Envelope<'_>,
+        timeout: Duration,
+    ) -> Bytes {
+        let mut call = match self.call(message, env, None).await {
+            Ok(call) => call,
+            Err(e) => {
+                let id = env.id.map_or("null", |id| id.get());
+                return envelope::error_response(id, INTERNAL_ERROR, &e.to_string(), None).into();
+            }
+        };
+        loop {
+            if let CallEvent::Final(reply) = call.next(timeout).await {
+                return reply;
+            }
+        }
     }
 
     /// Forwards a caller's notification (already rewritten if needed).
@@ -359,8 +408,19 @@ impl Relay {
         match env.method.as_deref() {
             Some("notifications/progress") => self.on_progress(line, env),
             Some("notifications/cancelled") => self.on_child_cancelled(line, env),
+            Some("notifications/resources/updated") => {
+                let uri = interest::uri_of(env.params).unwrap_or_default();
+                let reached = self.sessions.notify_subscribers(&uri, line);
+                debug!(client_id = %self.client_id, uri, reached, "resource updated");
+            }
+            Some("notifications/message") => {
+                let level = interest::level_of(env.params).and_then(|(_, level)| level);
+                let reached = self.sessions.notify_log(level, line);
+                debug!(client_id = %self.client_id, ?level, reached, "child log message");
+            }
             _ => {
-                let reached = self.sessions.broadcast(line);
+                // list_changed and anything unknown: every session, once, on its GET stream.
+                let reached = self.sessions.notify_all(line);
                 debug!(client_id = %self.client_id, method = ?env.method, reached, "child notification");
             }
         }
@@ -428,13 +488,13 @@ impl Relay {
             }
             self.reverse.forget(caller_id);
         }
-        for session in self.sessions.with_stream(|s| can(&s.caps)) {
+        for session in self.sessions.with_live_get(|s| can(&s.caps)) {
             let caller_id = self.reverse.register(child_id, session.id.clone());
-            let out = Bytes::from(splice(
+            let out = splice(
                 line,
                 &mut [(span.clone(), caller_id.to_string().as_bytes())],
-            ));
-            if session.push(out) {
+            );
+            if session.push(&out) {
                 return true;
             }
             self.reverse.forget(caller_id);
@@ -476,12 +536,9 @@ impl Relay {
         let Some(span) = span_of(line, request_id.get()) else {
             return;
         };
-        let out = Bytes::from(splice(
-            line,
-            &mut [(span, caller_id.to_string().as_bytes())],
-        ));
+        let out = splice(line, &mut [(span, caller_id.to_string().as_bytes())]);
         if let Some(session) = self.sessions.get(&session) {
-            session.push(out);
+            session.push(&out);
         }
     }
 

@@ -1,19 +1,29 @@
-//! MCP sessions of one tenant: ids, negotiated version, declared capabilities, GET stream.
+//! MCP sessions of one tenant: ids, negotiated version, declared capabilities, their SSE
+//! streams, and what each asked to hear from the shared child.
 //!
 //! A session belongs to exactly one tenant (its id is only looked up in that tenant's
 //! [`Sessions`]), so a session id presented with another tenant's header is unknown: 404.
+//!
+//! Delivery: a message for a session goes on exactly one of its streams (see [`stream`]).
+//! Notifications from the child go on the session's GET stream; when no GET connection is
+//! open they wait in that stream's bounded replay buffer and are sent when one opens (a
+//! fresh GET gets what was never sent; a GET with `Last-Event-ID` resumes exactly).
+//!
+//! Lock order: the session map, then [`Interest`], then one session's streams.
+//!
+//! [`stream`]: super::stream
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-/// Messages queued for one GET stream before further ones are dropped (slow reader).
-pub const STREAM_QUEUE: usize = 256;
+use super::interest::{Interest, Level};
+use super::stream::{EventId, GET_STREAM, ResumeError, Streams};
 
 /// What a caller declared it can answer, from its `initialize` capabilities.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -35,8 +45,7 @@ pub struct Session {
     pub protocol_version: String,
     /// What this caller can answer.
     pub caps: CallerCaps,
-    /// The open GET stream, tagged so an older stream's guard cannot close a newer one.
-    stream: Mutex<Option<(u64, mpsc::Sender<Bytes>)>>,
+    streams: Mutex<Streams>,
     last_seen: Mutex<Instant>,
 }
 
@@ -51,20 +60,56 @@ impl Session {
         *lock(&self.last_seen) = Instant::now();
     }
 
-    /// Sends a message on the session's GET stream; false when none is open or it is full.
-    pub fn push(&self, message: Bytes) -> bool {
-        let guard = lock(&self.stream);
-        guard
-            .as_ref()
-            .is_some_and(|(_, tx)| tx.try_send(message).is_ok())
+    /// Sends a message on the session's GET stream (buffered while no GET is open); true
+    /// when a live connection took it.
+    pub fn push(&self, message: &[u8]) -> bool {
+        self.record(GET_STREAM, message)
+    }
+
+    /// Records a message on stream `number`; true when a live connection took it.
+    pub fn record(&self, number: u64, message: &[u8]) -> bool {
+        lock(&self.streams).record(number, message)
+    }
+
+    /// Marks reply stream `number` complete.
+    pub fn finish(&self, number: u64) {
+        lock(&self.streams).finish(number);
+    }
+
+    /// Follows whether stream `number` has a live connection (`None`: no such stream).
+    pub fn watch_connected(&self, number: u64) -> Option<watch::Receiver<bool>> {
+        lock(&self.streams).watch_connected(number)
+    }
+
+    /// True when a GET connection is open now.
+    pub fn has_live_get(&self) -> bool {
+        lock(&self.streams).get_is_live()
     }
 }
 
-/// All sessions of one tenant.
-#[derive(Debug, Default)]
+/// All sessions of one tenant, and what they asked to hear from its child.
+#[derive(Debug)]
 pub struct Sessions {
     map: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     open_streams: AtomicUsize,
+    interest: Mutex<Interest>,
+    /// Held while the child is brought in line with [`Interest`], so that deciding what
+    /// to send and sending it are never interleaved with another such change.
+    control: tokio::sync::Mutex<()>,
+    /// Bumped when sessions ended with subscriptions or a level, so relays re-plan.
+    changes: watch::Sender<u64>,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self {
+            map: Mutex::default(),
+            open_streams: AtomicUsize::new(0),
+            interest: Mutex::default(),
+            control: tokio::sync::Mutex::new(()),
+            changes: watch::Sender::new(0),
+        }
+    }
 }
 
 /// A fresh session id: 256 bits from the OS CSPRNG, hex (visible ASCII).
@@ -91,7 +136,7 @@ impl Sessions {
             id: id.clone(),
             protocol_version,
             caps,
-            stream: Mutex::new(None),
+            streams: Mutex::default(),
             last_seen: Mutex::new(Instant::now()),
         });
         map.insert(id, session.clone());
@@ -103,20 +148,30 @@ impl Sessions {
         lock(&self.map).get(id).cloned()
     }
 
-    /// Ends a session; false when it did not exist.
+    /// Ends a session (its streams close, its subscriptions and level go); false when it
+    /// did not exist.
     pub fn remove(&self, id: &str) -> bool {
         let removed = lock(&self.map).remove(id);
         if let Some(session) = &removed {
-            lock(&session.stream).take(); // ends its GET stream
+            lock(&session.streams).close_all();
+            self.ended(session);
         }
         removed.is_some()
     }
 
-    /// Ends every session (the tenant was removed).
+    fn ended(&self, session: &Session) {
+        if lock(&self.interest).remove_session(&session.id) {
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Ends every session (the tenant was removed; its child goes too). Replies to requests
+    /// in flight still finish: the child is drained, not cut off (DESIGN §2).
     pub fn clear(&self) {
         let drained: Vec<_> = lock(&self.map).drain().collect();
         for (_, session) in drained {
-            lock(&session.stream).take();
+            lock(&session.streams).close_get();
+            self.ended(&session);
         }
     }
 
@@ -130,73 +185,223 @@ impl Sessions {
         self.len() == 0
     }
 
-    /// GET streams open now; an open stream keeps the tenant's child alive.
+    /// SSE connections open now; an open stream keeps the tenant's child alive.
     pub fn open_streams(&self) -> usize {
         self.open_streams.load(Ordering::Acquire)
     }
 
-    /// Sends `message` once to every session with an open GET stream.
-    pub fn broadcast(&self, message: &Bytes) -> usize {
-        let sessions: Vec<_> = lock(&self.map).values().cloned().collect();
-        sessions.iter().filter(|s| s.push(message.clone())).count()
+    /// Sends `message` once to every session, on its GET stream; returns how many had a
+    /// live GET connection (the others get it when they open one).
+    pub fn notify_all(&self, message: &[u8]) -> usize {
+        self.deliver(message, |_, _| true)
     }
 
-    /// Sessions with an open GET stream that satisfy `pred`.
-    pub fn with_stream(&self, pred: impl Fn(&Session) -> bool) -> Vec<Arc<Session>> {
+    /// Sends a `resources/updated` for `uri` to the sessions subscribed to it.
+    pub fn notify_subscribers(&self, uri: &str, message: &[u8]) -> usize {
+        self.deliver(message, |interest, id| interest.is_subscribed(id, uri))
+    }
+
+    /// Sends a log message of `level` to the sessions whose own level admits it.
+    pub fn notify_log(&self, level: Option<Level>, message: &[u8]) -> usize {
+        self.deliver(message, |interest, id| interest.wants_log(id, level))
+    }
+
+    fn deliver(&self, message: &[u8], wants: impl Fn(&Interest, &str) -> bool) -> usize {
+        let sessions: Vec<_> = lock(&self.map).values().cloned().collect();
+        let targets: Vec<_> = {
+            let interest = lock(&self.interest);
+            sessions
+                .into_iter()
+                .filter(|s| wants(&interest, &s.id))
+                .collect()
+        };
+        targets.iter().filter(|s| s.push(message)).count()
+    }
+
+    /// Sessions with an open GET connection that satisfy `pred`.
+    pub fn with_live_get(&self, pred: impl Fn(&Session) -> bool) -> Vec<Arc<Session>> {
         let map = lock(&self.map);
         map.values()
-            .filter(|s| lock(&s.stream).is_some() && pred(s))
+            .filter(|s| s.has_live_get() && pred(s))
             .cloned()
             .collect()
     }
 
-    /// Forgets sessions unused for `ttl` and without an open stream; returns how many.
+    /// Forgets sessions unused for `ttl` and without an open connection; returns how many.
     pub fn expire(&self, ttl: Duration) -> usize {
         let now = Instant::now();
-        let mut map = lock(&self.map);
-        let before = map.len();
-        map.retain(|_, s| {
-            lock(&s.stream).is_some() || now.duration_since(*lock(&s.last_seen)) < ttl
-        });
-        before - map.len()
+        let expired: Vec<Arc<Session>> = {
+            let mut map = lock(&self.map);
+            let ids: Vec<Arc<str>> = map
+                .values()
+                .filter(|s| {
+                    !lock(&s.streams).any_live() && now.duration_since(*lock(&s.last_seen)) >= ttl
+                })
+                .map(|s| s.id.clone())
+                .collect();
+            ids.iter().filter_map(|id| map.remove(id)).collect()
+        };
+        for session in &expired {
+            lock(&session.streams).close_all();
+            self.ended(session);
+        }
+        expired.len()
     }
 
-    /// Opens (or replaces) the GET stream of `session`; the guard closes it on drop.
-    pub fn open_stream(
+    /// Opens a reply stream for a POST answered with SSE, with its connection attached.
+    pub fn open_reply(self: &Arc<Self>, session: &Arc<Session>) -> (u64, Attached) {
+        let (number, connection) = lock(&session.streams).open_reply();
+        let attached = self.attached(session, number, connection);
+        (number, attached)
+    }
+
+    /// Attaches a GET connection: to the GET stream (fresh), or, with `last_event_id`, to
+    /// the stream that id names, after exactly that event.
+    pub fn connect(
         self: &Arc<Self>,
         session: &Arc<Session>,
-    ) -> (mpsc::Receiver<Bytes>, StreamGuard) {
-        static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
-        let tag = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        *lock(&session.stream) = Some((tag, tx));
+        last_event_id: Option<&str>,
+    ) -> Result<Attached, ResumeError> {
+        let (number, after) = match last_event_id {
+            Some(text) => {
+                let id: EventId = text.parse()?;
+                (id.stream, Some(id.seq))
+            }
+            None => (GET_STREAM, None),
+        };
+        let connection = lock(&session.streams).connect(number, after)?;
+        Ok(self.attached(session, number, connection))
+    }
+
+    fn attached(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        number: u64,
+        connection: super::stream::Connection,
+    ) -> Attached {
         self.open_streams.fetch_add(1, Ordering::AcqRel);
         let guard = StreamGuard {
             sessions: self.clone(),
             session: session.clone(),
-            tag,
+            number,
+            tag: connection.tag,
         };
-        (rx, guard)
+        Attached {
+            rx: connection.rx,
+            guard,
+        }
+    }
+
+    /// The tenant's wish list (subscriptions, levels).
+    pub fn interest(&self) -> MutexGuard<'_, Interest> {
+        lock(&self.interest)
+    }
+
+    /// Serializes changes to what the child is told (see the field's doc).
+    pub async fn control(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.control.lock().await
+    }
+
+    /// Changes whenever an ended session leaves the child with something to undo.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 }
 
-/// Held by an open GET stream; dropping it closes the stream's registration.
+/// An SSE connection attached to a stream: its rendered events and its registration.
+#[derive(Debug)]
+pub struct Attached {
+    /// Rendered events for the response body.
+    pub rx: mpsc::Receiver<Bytes>,
+    /// Detaches the connection when dropped (with the body).
+    pub guard: StreamGuard,
+}
+
+/// Held by an open SSE connection; dropping it detaches the connection from its stream.
 #[derive(Debug)]
 pub struct StreamGuard {
     sessions: Arc<Sessions>,
     session: Arc<Session>,
+    number: u64,
     tag: u64,
 }
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        let mut slot = lock(&self.session.stream);
-        // Only unregister our own sender: a newer GET may have replaced it.
-        if slot.as_ref().is_some_and(|(tag, _)| *tag == self.tag) {
-            slot.take();
-        }
-        drop(slot);
+        // Only our own connection: a newer one may have replaced it.
+        lock(&self.session.streams).disconnect(self.number, self.tag);
         self.session.touch();
         self.sessions.open_streams.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn two_sessions() -> (Arc<Sessions>, Arc<Session>, Arc<Session>) {
+        let sessions = Arc::new(Sessions::default());
+        let caps = CallerCaps::default();
+        let add = |id: &str| {
+            let added = sessions.insert(id.into(), "2025-11-25".into(), caps, 10);
+            added.unwrap()
+        };
+        let (a, b) = (add("a"), add("b"));
+        (sessions, a, b)
+    }
+
+    fn count(rx: &mut mpsc::Receiver<Bytes>) -> usize {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .filter(|f| !f.ends_with(b"data: \n\n")) // priming
+            .count()
+    }
+
+    #[test]
+    fn updates_reach_only_subscribers_and_logs_only_admitting_levels() {
+        let (sessions, a, b) = two_sessions();
+        let mut ra = sessions.connect(&a, None).unwrap();
+        let mut rb = sessions.connect(&b, None).unwrap();
+        sessions.interest().subscribe(&a.id, "u").unwrap();
+        sessions.interest().set_level(&b.id, Some(Level::Error));
+        assert_eq!(sessions.notify_subscribers("u", b"{}"), 1);
+        assert_eq!(sessions.notify_log(Some(Level::Info), b"{}"), 1);
+        assert_eq!(sessions.notify_all(b"{}"), 2);
+        assert_eq!((count(&mut ra.rx), count(&mut rb.rx)), (3, 1));
+    }
+
+    #[test]
+    fn ending_a_session_with_interest_signals_a_change_and_closes_its_streams() {
+        let (sessions, a, _b) = two_sessions();
+        let changes = sessions.changes();
+        let mut attached = sessions.connect(&a, None).unwrap();
+        assert_eq!(sessions.open_streams(), 1);
+        assert!(sessions.remove("b"));
+        assert!(!changes.has_changed().unwrap(), "b asked for nothing");
+        sessions.interest().subscribe(&a.id, "u").unwrap();
+        assert!(sessions.remove("a"));
+        assert!(
+            changes.has_changed().unwrap(),
+            "a's subscription must be undone"
+        );
+        assert_eq!(sessions.interest().subscribers("u"), 0);
+        count(&mut attached.rx);
+        assert!(
+            attached.rx.is_closed(),
+            "the GET connection ends with its session"
+        );
+        drop(attached);
+        assert_eq!(sessions.open_streams(), 0);
+    }
+
+    #[test]
+    fn expiry_spares_sessions_with_a_live_connection() {
+        let (sessions, a, _b) = two_sessions();
+        let _open = sessions.connect(&a, None).unwrap();
+        assert_eq!(
+            sessions.expire(Duration::ZERO),
+            1,
+            "only the idle session b"
+        );
+        assert!(sessions.get("a").is_some());
     }
 }

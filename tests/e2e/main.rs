@@ -17,4 +17,5 @@ mod mux;
 mod reload;
 mod smoke;
 mod stateless;
+mod streams;
 mod tenant;

@@ -1,0 +1,121 @@
+//! Session-era SSE replies: a POST answered with SSE becomes a reply stream of its session
+//! (see [`crate::mcp::stream`]), opened with a priming event, every event with an id, so a
+//! GET with `Last-Event-ID` can resume it.
+//!
+//! A pump task moves the call's messages onto the stream, whether or not a connection is
+//! attached: the spec says a disconnect is not a cancellation. A caller whose connection
+//! broke has the resume grace (`--resume-grace`) to attach again; after it the call is
+//! dropped, which cancels it at the child. Not owned here: choosing JSON or SSE
+//! (`super::mcp`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Response;
+use tokio::sync::watch;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+use tracing::debug;
+
+use super::body::{Body, SseBody};
+use super::mcp::sse_response;
+use crate::mcp::relay::{Call, CallEvent};
+use crate::mcp::session::{Attached, Session, Sessions};
+
+/// Where a session-era reply is recorded, so that it can be resumed.
+#[derive(Clone)]
+pub(super) struct Replying {
+    sessions: Arc<Sessions>,
+    session: Arc<Session>,
+    /// How long a broken reply waits for its caller to resume before it is cancelled.
+    grace: Duration,
+}
+
+impl Replying {
+    pub(super) fn new(sessions: Arc<Sessions>, session: Arc<Session>, grace: Duration) -> Self {
+        Self {
+            sessions,
+            session,
+            grace,
+        }
+    }
+
+    /// One complete message as a reply stream of its own.
+    pub(super) fn single(&self, message: &[u8]) -> Response<Body> {
+        let (number, attached) = self.sessions.open_reply(&self.session);
+        self.session.record(number, message);
+        self.session.finish(number);
+        framed_response(attached, None)
+    }
+
+    /// Streams `call` (after `first`, its first related message) on a new reply stream.
+    pub(super) fn stream(self, call: Call, first: Bytes, timeout: Duration) -> Response<Body> {
+        let (number, attached) = self.sessions.open_reply(&self.session);
+        self.session.record(number, &first);
+        let connected = self.session.watch_connected(number);
+        // Owned by the reply stream: ends at the final message, or once no connection has
+        // been attached for the resume grace; dropping the call then cancels it at the child.
+        tokio::spawn(pump(call, self, number, connected, timeout));
+        framed_response(attached, None)
+    }
+}
+
+/// An SSE response for a connection attached to a session's stream.
+pub(super) fn framed_response(
+    attached: Attached,
+    shutdown: Option<WaitForCancellationFutureOwned>,
+) -> Response<Body> {
+    sse_response(SseBody::framed(
+        attached.rx,
+        shutdown,
+        Box::new(attached.guard),
+    ))
+}
+
+async fn pump(
+    mut call: Call,
+    to: Replying,
+    number: u64,
+    connected: Option<watch::Receiver<bool>>,
+    timeout: Duration,
+) {
+    let abandoned = abandoned(connected, to.grace);
+    tokio::pin!(abandoned);
+    loop {
+        let event = tokio::select! {
+            biased;
+            () = &mut abandoned => {
+                debug!(session = %to.session.id, stream = number, "caller did not resume its reply; cancelling");
+                to.session.finish(number);
+                return;
+            }
+            event = call.next(timeout) => event,
+        };
+        match event {
+            CallEvent::Related(message) => {
+                to.session.record(number, &message); // buffered for resumption if nobody reads
+            }
+            CallEvent::Final(message) => {
+                to.session.record(number, &message);
+                to.session.finish(number);
+                return;
+            }
+        }
+    }
+}
+
+/// Resolves once the stream has had no connection for `grace` (or is gone).
+async fn abandoned(connected: Option<watch::Receiver<bool>>, grace: Duration) {
+    let Some(mut connected) = connected else {
+        return;
+    };
+    loop {
+        if connected.wait_for(|live| !*live).await.is_err() {
+            return;
+        }
+        let resumed = tokio::time::timeout(grace, connected.wait_for(|live| *live)).await;
+        if !matches!(resumed, Ok(Ok(_))) {
+            return;
+        }
+    }
+}
