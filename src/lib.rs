@@ -23,4 +23,5 @@ pub mod metrics;
 pub mod pool;
 pub mod settings;
 pub mod shutdown;
+pub mod sync;
 pub mod systemd;

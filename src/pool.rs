@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,6 +24,7 @@ use crate::clients::{ClientId, ClientSpec, Diff, Registry};
 use crate::mcp::relay::{InitError, Relay};
 use crate::mcp::session::Sessions;
 use crate::settings::Settings;
+use crate::sync::lock;
 use crate::systemd::{HEARTBEAT, Heartbeat};
 
 /// A child that lived at least this long resets the crash count.
@@ -32,10 +33,6 @@ pub const BACKOFF_RESET: Duration = Duration::from_secs(30);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Longest wait for a child's answer to `initialize`.
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// The `initialize` exchange every child of a tenant gets.
 #[derive(Debug, Clone)]

@@ -25,6 +25,7 @@ use super::reverse::{self, ReverseRequests};
 use super::session::{CallerCaps, Sessions};
 use crate::child::{ChildEvent, ChildHandle, ExitInfo, ExitReason};
 use crate::clients::{ClientId, Limits};
+use crate::sync::lock;
 
 /// Related messages (progress) queued per request before further ones are dropped.
 pub const RELATED_QUEUE: usize = 64;
@@ -37,10 +38,6 @@ struct Pending {
     session: Option<Arc<str>>,
     related: mpsc::Sender<Bytes>,
     done: oneshot::Sender<Bytes>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One running child and everything in flight on it.

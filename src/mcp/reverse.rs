@@ -7,11 +7,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
 use super::session::CallerCaps;
+use crate::sync::lock;
 
 /// What a caller must have declared to be asked `method`; `None` for unknown methods.
 pub fn capable(method: &str) -> Option<fn(&CallerCaps) -> bool> {
@@ -34,10 +35,6 @@ struct Outstanding {
 pub struct ReverseRequests {
     next: AtomicU64,
     map: Mutex<HashMap<u64, Outstanding>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl ReverseRequests {

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use super::interest::{Interest, Level};
 use super::stream::{EventId, GET_STREAM, ResumeError, Streams};
+use crate::sync::lock;
 
 /// What a caller declared it can answer, from its `initialize` capabilities.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -47,11 +48,6 @@ pub struct Session {
     pub caps: CallerCaps,
     streams: Mutex<Streams>,
     last_seen: Mutex<Instant>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere must not wedge every later request: the data stays usable.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Session {
