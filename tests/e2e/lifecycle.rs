@@ -395,3 +395,47 @@ async fn over_long_stdout_line_restarts_the_child_and_fails_its_request_only() {
         "another tenant's child is untouched"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_killed_between_calls_is_replaced_and_the_session_needs_no_new_initialize() {
+    let clients = TempClients::new();
+    let log = ChildLog::new();
+    clients.write("killed", &logged_fake_child_spec(&log, &[]));
+    let daemon = Daemon::start(&clients, &["--stop-grace", "0.5"]).await;
+    let session = initialize(&daemon, "killed").await;
+    let first = child_pid(&daemon, "killed", &session).await;
+
+    let mark = daemon.log_mark();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(first).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    // The next call must not race the daemon's noticing: wait for its exit report.
+    expect_log(
+        &daemon,
+        mark,
+        "child exited unexpectedly",
+        "a child killed from outside must be noticed",
+    )
+    .await;
+
+    let echoed = call_tool(
+        &daemon,
+        "killed",
+        &session,
+        "echo",
+        json!({"after": "kill"}),
+    )
+    .await;
+    assert_eq!(
+        echoed["result"]["echo"]["arguments"]["after"], "kill",
+        "the call after the kill must succeed on the same session: {echoed:#}"
+    );
+    let second = child_pid(&daemon, "killed", &session).await;
+    assert_ne!(second, first, "a new child must serve the session");
+    let inits = log.with_method("initialize");
+    assert_eq!(
+        inits.len(),
+        2,
+        "mcpmux, not the caller, initializes the new child (the handshake is replayed): {inits:#?}"
+    );
+    assert_eq!(inits[1]["params"], inits[0]["params"]);
+}
