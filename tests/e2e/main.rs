@@ -16,4 +16,5 @@ mod lifecycle;
 mod mux;
 mod reload;
 mod smoke;
+mod systemd;
 mod tenant;

@@ -164,8 +164,15 @@ impl Daemon {
     /// Spawns the binary with exactly `args` and waits for its tenant listening address.
     pub async fn spawn(args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut cmd = mcpmux_command(args);
-        cmd.envs(env.iter().copied())
-            .stdin(Stdio::null())
+        cmd.envs(env.iter().copied());
+        Daemon::spawn_command(cmd).await
+    }
+
+    /// Spawns `cmd`, which must end up exec'ing `mcpmux serve` in the same process (a
+    /// trampoline that sets up descriptors or environment first), and waits for its tenant
+    /// listening address.
+    pub async fn spawn_command(mut cmd: Command) -> Daemon {
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -324,8 +331,16 @@ impl Daemon {
 /// A `Command` for the `mcpmux` binary under test, with the test's `MCPMUX_*` variables
 /// removed so a developer's environment cannot change what a test means.
 pub fn mcpmux_command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mcpmux"));
-    cmd.args(args).env("NO_COLOR", "1");
+    let mut cmd = isolated_command(env!("CARGO_BIN_EXE_mcpmux"));
+    cmd.args(args);
+    cmd
+}
+
+/// A `Command` for `program` with the test's `MCPMUX_*` variables removed and `NO_COLOR` set,
+/// for trampolines that exec `mcpmux` themselves.
+pub fn isolated_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env("NO_COLOR", "1");
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("MCPMUX_") {
             cmd.env_remove(name);
@@ -985,4 +1000,31 @@ fn parse_raw_response(buf: &[u8]) -> Option<RawResponse> {
         headers,
         body,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations tests (admin, systemd, limits)
+// ---------------------------------------------------------------------------------------------
+
+/// Whether `pid` is gone: no `/proc/<pid>`, or an unreaped zombie (dead, only not yet waited
+/// for by its parent, e.g. a grandchild reparented to a container's init).
+pub fn pid_gone(pid: u32) -> bool {
+    proc_stat(pid).is_none_or(|(state, _)| state == 'Z')
+}
+
+/// Waits until `pid` is gone (see [`pid_gone`]); `false` if it still runs after `within`.
+///
+/// A bounded `/proc` poll like [`wait_no_process_with_marker`], for a process found by pid (a
+/// grandchild whose command line carries no marker): the one polling wait of the harness.
+pub async fn wait_pid_gone(pid: u32, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if pid_gone(pid) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
