@@ -10,6 +10,7 @@
 
 mod util;
 
+mod admin;
 mod http_errors;
 mod interop;
 mod lifecycle;

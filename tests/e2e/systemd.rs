@@ -8,12 +8,10 @@ use std::time::Duration;
 
 use nix::time::{ClockId, clock_gettime};
 use serde_json::Value;
-use tokio::net::UnixDatagram;
-use tokio::time::{Instant, timeout_at};
 
 use crate::util::{
-    Daemon, STOP_TIMEOUT, Signal, TempClients, call_tool, echo_spec, initialize,
-    isolated_command, repo_root,
+    Daemon, NotifySocket, STOP_TIMEOUT, Signal, TempClients, admin_get, call_tool, echo_spec,
+    initialize, isolated_command, notify_has, notify_value, repo_root,
 };
 
 /// Bound for one expected notification. Generous: the daemon sends each at once, but a
@@ -24,83 +22,10 @@ const WATCHDOG_USEC: &str = "200000";
 /// Watchdog pings each test waits for: more than one proves they repeat.
 const PINGS: usize = 3;
 
-/// A Unix datagram socket standing in for systemd's notification socket.
-struct NotifySocket {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-    sock: UnixDatagram,
-    /// Every datagram received so far, in order.
-    seen: Vec<String>,
-}
-
-impl NotifySocket {
-    fn bind() -> NotifySocket {
-        let dir = tempfile::Builder::new()
-            .prefix("mcpmux-e2e-notify-")
-            .tempdir()
-            .expect("a temp dir for NOTIFY_SOCKET must be creatable");
-        let path = dir.path().join("notify.sock");
-        let std = std::os::unix::net::UnixDatagram::bind(&path)
-            .expect("the test must be able to bind its NOTIFY_SOCKET");
-        std.set_nonblocking(true).expect("set_nonblocking");
-        let sock = UnixDatagram::from_std(std).expect("a bound datagram socket must be adoptable");
-        NotifySocket {
-            _dir: dir,
-            path,
-            sock,
-            seen: Vec::new(),
-        }
-    }
-
-    fn path(&self) -> &str {
-        self.path.to_str().expect("temp path must be UTF-8")
-    }
-
-    /// Receives datagrams until one carries the assignment `field` (e.g. `READY=1`), and
-    /// returns that datagram. Panics with `contract` (and what did arrive) after `within`.
-    async fn expect(&mut self, field: &str, within: Duration, contract: &str) -> String {
-        let deadline = Instant::now() + within;
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let received = timeout_at(deadline, self.sock.recv(&mut buf)).await;
-            let Ok(received) = received else {
-                panic!("{contract}: no {field} within {within:?}; received {:?}", self.seen);
-            };
-            let n = received.expect("the notify socket must be readable");
-            let datagram = String::from_utf8_lossy(&buf[..n]).into_owned();
-            self.seen.push(datagram.clone());
-            if has(&datagram, field) {
-                return datagram;
-            }
-        }
-    }
-}
-
-/// Whether `datagram` (newline-separated `KEY=VALUE` lines) has the line `field`.
-fn has(datagram: &str, field: &str) -> bool {
-    datagram.lines().any(|line| line == field)
-}
-
-/// The value of `key` in `datagram`, if present.
-fn value_of<'a>(datagram: &'a str, key: &str) -> Option<&'a str> {
-    datagram
-        .lines()
-        .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
-}
-
 /// `CLOCK_MONOTONIC` now, in microseconds: the clock `MONOTONIC_USEC` is read from.
 fn monotonic_usec() -> u64 {
     let now = clock_gettime(ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC must be readable");
     now.tv_sec() as u64 * 1_000_000 + now.tv_nsec() as u64 / 1_000
-}
-
-async fn admin_get(daemon: &Daemon, path: &str) -> (u16, String) {
-    let url = format!("http://{}{path}", daemon.admin_addr().await);
-    let resp = daemon.http().get(url).send().await;
-    let resp = resp.unwrap_or_else(|e| panic!("the admin listener must answer GET {path}: {e}"));
-    let status = resp.status().as_u16();
-    let body = resp.text().await.expect("an admin body must be readable");
-    (status, body)
 }
 
 async fn configured_tenants(daemon: &Daemon) -> Vec<String> {
@@ -133,7 +58,7 @@ async fn notify_socket_gets_ready_reloading_with_monotonic_usec_stopping_and_wat
         )
         .await;
     assert_eq!(
-        value_of(&ready, "STATUS"),
+        notify_value(&ready, "STATUS"),
         Some("serving"),
         "READY=1 carries a STATUS line: {ready:?}"
     );
@@ -163,7 +88,7 @@ async fn notify_socket_gets_ready_reloading_with_monotonic_usec_stopping_and_wat
         )
         .await;
     let after = monotonic_usec();
-    let usec = value_of(&reloading, "MONOTONIC_USEC")
+    let usec = notify_value(&reloading, "MONOTONIC_USEC")
         .unwrap_or_else(|| panic!("RELOADING=1 must carry MONOTONIC_USEC: {reloading:?}"));
     let usec: u64 = usec
         .parse()
@@ -202,7 +127,7 @@ async fn notify_socket_gets_ready_reloading_with_monotonic_usec_stopping_and_wat
     let known = ["READY=1", "RELOADING=1", "STOPPING=1", "WATCHDOG=1"];
     for datagram in &notify.seen {
         assert!(
-            known.iter().any(|k| has(datagram, k)),
+            known.iter().any(|k| notify_has(datagram, k)),
             "every notification carries a known state, got {datagram:?}"
         );
     }
