@@ -13,8 +13,8 @@ use tokio::time::timeout;
 
 use crate::interop::{ensure_setup, venv_python};
 use crate::util::{
-    Daemon, HTTP_TIMEOUT, NotifySocket, Signal, TempClients, admin_get, admin_status, call_tool, fake_child_spec,
-    finish_call, initialize, open_slow_call, post, repo_root, tenant_status,
+    Daemon, HTTP_TIMEOUT, NotifySocket, Signal, TempClients, admin_get, admin_status, call_tool,
+    fake_child_spec, finish_call, initialize, open_slow_call, post, repo_root, tenant_status,
 };
 
 /// Bound for the daemon to notice an idle child (TTL 1 s) or a crash and log it.
@@ -45,7 +45,10 @@ impl Metrics {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let hit = self.samples.iter().find(|s| s.name == name && s.labels == want);
+        let hit = self
+            .samples
+            .iter()
+            .find(|s| s.name == name && s.labels == want);
         hit.map(|s| s.value)
     }
 
@@ -171,8 +174,12 @@ async fn reload_with_a_bad_file(daemon: &Daemon, clients: &TempClients, notify: 
     clients.write_raw("broken.json", "{ not json");
     daemon.signal(Signal::SIGHUP);
     let within = LIFECYCLE_TIMEOUT;
-    notify.expect("RELOADING=1", within, "SIGHUP must start a reload").await;
-    notify.expect("READY=1", within, "a reload must end with READY=1").await;
+    notify
+        .expect("RELOADING=1", within, "SIGHUP must start a reload")
+        .await;
+    notify
+        .expect("READY=1", within, "a reload must end with READY=1")
+        .await;
 }
 
 #[tokio::test]
@@ -220,11 +227,18 @@ async fn metrics_parse_as_prometheus_text_and_count_requests_spawns_and_reloads(
     let requests = |m: &Metrics, method: &str, status: &str| {
         m.get(
             "mcpmux_requests_total",
-            &[("client_id", "acme"), ("method", method), ("status", status)],
+            &[
+                ("client_id", "acme"),
+                ("method", method),
+                ("status", status),
+            ],
         )
     };
     assert_eq!(requests(&busy, "initialize", "200"), Some(1.0));
-    assert_eq!(requests(&busy, "notifications/initialized", "202"), Some(1.0));
+    assert_eq!(
+        requests(&busy, "notifications/initialized", "202"),
+        Some(1.0)
+    );
     assert_eq!(requests(&busy, "tools/call", "200"), Some(2.0));
     assert_eq!(
         busy.get(

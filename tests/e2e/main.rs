@@ -14,6 +14,7 @@ mod admin;
 mod http_errors;
 mod interop;
 mod lifecycle;
+mod limits;
 mod mux;
 mod reload;
 mod smoke;

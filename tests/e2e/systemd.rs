@@ -32,7 +32,9 @@ async fn configured_tenants(daemon: &Daemon) -> Vec<String> {
     let (status, body) = admin_get(daemon, "/status").await;
     assert_eq!(status, 200, "/status must answer 200: {body}");
     let status: Value = serde_json::from_str(&body).expect("/status must be JSON");
-    let tenants = status["tenants"].as_array().expect("/status must list tenants");
+    let tenants = status["tenants"]
+        .as_array()
+        .expect("/status must list tenants");
     tenants
         .iter()
         .map(|t| t["client_id"].as_str().unwrap_or_default().to_owned())
@@ -186,7 +188,13 @@ async fn sockets_passed_by_name_serve_the_tenant_and_admin_endpoints_and_stay_ou
         .args(["--socket", "admin", "--socket", "mcp"])
         .args(["--pid-env", "WATCHDOG_PID", "--"])
         .arg(env!("CARGO_BIN_EXE_mcpmux"))
-        .args(["serve", "--listen", &flag_mcp, "--admin-listen", &flag_admin])
+        .args([
+            "serve",
+            "--listen",
+            &flag_mcp,
+            "--admin-listen",
+            &flag_admin,
+        ])
         .args(["--allow-open-tenants", "--clients"])
         .arg(clients.path())
         .env("NOTIFY_SOCKET", notify.path())
@@ -257,7 +265,13 @@ async fn sockets_passed_by_name_serve_the_tenant_and_admin_endpoints_and_stay_ou
         .split(|&b| b == 0)
         .filter_map(|kv| Some(String::from_utf8_lossy(kv.split(|&b| b == b'=').next()?).into()))
         .collect();
-    for var in ["LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID", "NOTIFY_SOCKET", "WATCHDOG_USEC"] {
+    for var in [
+        "LISTEN_FDS",
+        "LISTEN_FDNAMES",
+        "LISTEN_PID",
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+    ] {
         assert!(
             !names.iter().any(|n| n == var),
             "the child's environment must not carry {var}: {names:?}"

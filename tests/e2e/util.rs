@@ -1072,7 +1072,8 @@ pub async fn open_slow_call(
     id: u64,
     ms: u64,
 ) -> SseStream {
-    let params = json!({"name": "slow", "arguments": slow_args(ms), "_meta": {"progressToken": id}});
+    let params =
+        json!({"name": "slow", "arguments": slow_args(ms), "_meta": {"progressToken": id}});
     let req = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params});
     let resp = post(daemon, Some(client_id), Some(session), &req).await;
     let mut stream = SseStream::new(resp);
@@ -1119,7 +1120,8 @@ impl NotifySocket {
         let std = std::os::unix::net::UnixDatagram::bind(&path)
             .expect("the test must be able to bind its NOTIFY_SOCKET");
         std.set_nonblocking(true).expect("set_nonblocking");
-        let sock = tokio::net::UnixDatagram::from_std(std).expect("a bound datagram socket must be adoptable");
+        let sock = tokio::net::UnixDatagram::from_std(std)
+            .expect("a bound datagram socket must be adoptable");
         NotifySocket {
             _dir: dir,
             path,
@@ -1140,7 +1142,10 @@ impl NotifySocket {
         loop {
             let received = timeout_at(deadline, self.sock.recv(&mut buf)).await;
             let Ok(received) = received else {
-                panic!("{contract}: no {field} within {within:?}; received {:?}", self.seen);
+                panic!(
+                    "{contract}: no {field} within {within:?}; received {:?}",
+                    self.seen
+                );
             };
             let n = received.expect("the notify socket must be readable");
             let datagram = String::from_utf8_lossy(&buf[..n]).into_owned();
