@@ -16,6 +16,7 @@ mod interop;
 mod lifecycle;
 mod limits;
 mod mux;
+mod ops;
 mod reload;
 mod smoke;
 mod systemd;
