@@ -1,5 +1,6 @@
 //! `/mcp`, session era (DESIGN §3): POST carries one JSON-RPC message, GET opens the
-//! session's stream, DELETE ends the session.
+//! session's stream, DELETE ends the session. Sessionless stateless-era POSTs are handed
+//! to the `stateless` module before the session rules apply.
 //!
 //! Requests are answered as `application/json` when the caller accepts it and the child
 //! sends nothing before its response; otherwise as `text/event-stream`.
@@ -32,16 +33,15 @@ pub const SESSION_HEADER: &str = "mcp-session-id";
 /// The protocol version header.
 pub const VERSION_HEADER: &str = "mcp-protocol-version";
 /// Initialize-era protocol versions mcpmux serves; a caller asking for one gets it.
-pub const SESSION_ERA_VERSIONS: [&str; 4] =
-    ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
+pub use crate::mcp::stateless::SESSION_ERA_VERSIONS;
 /// Messages queued on a POST's SSE reply before related ones are dropped.
 const REPLY_QUEUE: usize = 64;
 
 /// What the caller's `Accept` allows.
 #[derive(Debug, Clone, Copy)]
-struct Accept {
-    json: bool,
-    sse: bool,
+pub(super) struct Accept {
+    pub(super) json: bool,
+    pub(super) sse: bool,
 }
 
 /// A request that reached MCP processing: tenant known and authorized.
@@ -194,6 +194,10 @@ async fn dispatch(
 ) -> Response<Body> {
     if env.kind == Kind::Request && env.method.as_deref() == Some("initialize") {
         return initialize(app, ctx, env, accept).await;
+    }
+    // Sessionless 2026-07-28 traffic is bridged; anything else keeps the rules below.
+    if let Some(response) = super::stateless::serve(app, ctx, headers, body, env, accept).await {
+        return response;
     }
     let session = match session_of(ctx, headers) {
         Ok(session) => session,
@@ -363,7 +367,7 @@ fn with_version(result: &Bytes, version: &str) -> Bytes {
 }
 
 /// A failure to get a child, as the caller sees it.
-fn start_failed(id: &str, err: StartError) -> Response<Body> {
+pub(super) fn start_failed(id: &str, err: StartError) -> Response<Body> {
     match err {
         StartError::Backoff(wait) => {
             let msg = format!(
@@ -388,7 +392,7 @@ fn start_failed(id: &str, err: StartError) -> Response<Body> {
 }
 
 /// One complete message, as JSON when accepted, else as a one-event SSE stream.
-fn single(message: Bytes, accept: Accept) -> Response<Body> {
+pub(super) fn single(message: Bytes, accept: Accept) -> Response<Body> {
     if accept.json {
         return json_response(StatusCode::OK, message);
     }
@@ -397,7 +401,7 @@ fn single(message: Bytes, accept: Accept) -> Response<Body> {
     sse_response(SseBody::new(rx, None, Box::new(())))
 }
 
-fn sse_response(body: SseBody) -> Response<Body> {
+pub(super) fn sse_response(body: SseBody) -> Response<Body> {
     let mut response = Response::new(Body::Sse(Box::new(body)));
     let headers = response.headers_mut();
     headers.insert(

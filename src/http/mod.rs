@@ -5,6 +5,7 @@
 mod body;
 mod error;
 pub mod mcp;
+mod stateless;
 mod tenant;
 
 use std::convert::Infallible;

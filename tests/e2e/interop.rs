@@ -135,7 +135,6 @@ async fn python_sdk_session_client_reaches_server_everything() {
 }
 
 #[tokio::test]
-#[ignore = "stateless era (2026-07-28) bridging is issue 3; un-ignore when it lands"]
 async fn python_sdk_auto_mode_is_served_in_the_stateless_era() {
     let (_clients, daemon) = everything_daemon().await;
 

@@ -19,5 +19,6 @@ mod mux;
 mod ops;
 mod reload;
 mod smoke;
+mod stateless;
 mod systemd;
 mod tenant;

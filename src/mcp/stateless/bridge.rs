@@ -1,0 +1,339 @@
+//! What crosses the bridge between a stateless caller and a session-era child: the
+//! synthetic `initialize` params, the `server/discover` result, and the result fields
+//! 2026-07-28 requires that the child leaves out. Byte-level: the child's bytes are
+//! copied or spliced, never re-serialized.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{Admitted, CHILD_VERSION, META_SERVER_INFO, SUPPORTED_VERSIONS};
+use crate::mcp::envelope::{METHOD_NOT_FOUND, span_of, splice};
+
+/// Results that must carry `ttlMs` and `cacheScope` (2026-07-28 `CacheableResult`).
+/// `server/discover` is one too, but mcpmux builds that result itself.
+const CACHEABLE_METHODS: [&str; 5] = [
+    "tools/list",
+    "prompts/list",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+];
+
+#[derive(serde::Serialize)]
+struct SessionEraCaps<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    experimental: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    roots: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sampling: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    elicitation: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ClientCapsWire<'a> {
+    #[serde(borrow)]
+    experimental: Option<&'a RawValue>,
+    #[serde(borrow)]
+    roots: Option<&'a RawValue>,
+    #[serde(borrow)]
+    sampling: Option<&'a RawValue>,
+    #[serde(borrow)]
+    elicitation: Option<&'a RawValue>,
+}
+
+/// `initialize` params for a child whose first caller is stateless: the newest
+/// session-era version, the caller's capabilities where 2025-11-25 has the same
+/// capability (`extensions` and anything newer are left out), and its `clientInfo`, or
+/// mcpmux's own when it sent none.
+pub fn init_params(admitted: &Admitted<'_>) -> String {
+    let caps: Option<ClientCapsWire<'_>> =
+        serde_json::from_str(admitted.client_capabilities.get()).ok();
+    let caps = caps.map_or(
+        SessionEraCaps {
+            experimental: None,
+            roots: None,
+            sampling: None,
+            elicitation: None,
+        },
+        |c| SessionEraCaps {
+            experimental: c.experimental,
+            roots: c.roots,
+            sampling: c.sampling,
+            elicitation: c.elicitation,
+        },
+    );
+    let caps = serde_json::to_string(&caps).unwrap_or_else(|_| "{}".into());
+    let info = admitted.client_info.map_or_else(
+        || serde_json::json!({"name": "mcpmux", "version": env!("CARGO_PKG_VERSION")}).to_string(),
+        |raw| raw.get().to_string(),
+    );
+    format!(r#"{{"protocolVersion":"{CHILD_VERSION}","capabilities":{caps},"clientInfo":{info}}}"#)
+}
+
+#[derive(Deserialize)]
+struct InitResultWire<'a> {
+    #[serde(borrow)]
+    capabilities: Option<&'a RawValue>,
+    #[serde(borrow)]
+    instructions: Option<&'a RawValue>,
+    #[serde(borrow, rename = "serverInfo")]
+    server_info: Option<&'a RawValue>,
+}
+
+/// The `server/discover` result, from the child's raw `initialize` result: its
+/// capabilities and instructions byte for byte, its `serverInfo` under `_meta`, every
+/// version mcpmux serves, and cache hints that never outlive a child (a reload may
+/// start one with other capabilities).
+pub fn discover_result(init_result: &[u8]) -> Vec<u8> {
+    let wire = serde_json::from_slice(init_result).unwrap_or(InitResultWire {
+        capabilities: None,
+        instructions: None,
+        server_info: None,
+    });
+    let versions = serde_json::to_string(&SUPPORTED_VERSIONS).unwrap_or_else(|_| "[]".into());
+    let mut out = format!(
+        r#"{{"resultType":"complete","supportedVersions":{versions},"capabilities":{}"#,
+        wire.capabilities.map_or("{}", RawValue::get)
+    );
+    if let Some(instructions) = wire.instructions {
+        out.push_str(&format!(r#","instructions":{}"#, instructions.get()));
+    }
+    out.push_str(r#","ttlMs":0,"cacheScope":"private""#);
+    if let Some(info) = wire.server_info {
+        out.push_str(&format!(
+            r#","_meta":{{"{META_SERVER_INFO}":{}}}"#,
+            info.get()
+        ));
+    }
+    out.push('}');
+    out.into_bytes()
+}
+
+#[derive(Deserialize)]
+struct ReplyWire<'a> {
+    #[serde(borrow)]
+    result: Option<&'a RawValue>,
+    #[serde(borrow)]
+    error: Option<&'a RawValue>,
+}
+
+/// Deserializes to true when the field is present at all, even as `null`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| true)
+}
+
+#[derive(Deserialize)]
+struct ResultFieldsWire<'a> {
+    #[serde(default, rename = "ttlMs", deserialize_with = "present")]
+    ttl_ms: bool,
+    #[serde(default, rename = "cacheScope", deserialize_with = "present")]
+    cache_scope: bool,
+    #[serde(borrow, rename = "resultType")]
+    result_type: Option<Cow<'a, str>>,
+}
+
+/// The child's final reply with what 2026-07-28 requires of a result and a session-era
+/// child leaves out: `resultType` (SDKs of the era refuse results without it), and on
+/// complete results of the cacheable methods `ttlMs` and `cacheScope`, with the most
+/// conservative values (as the SDKs default them). Byte-exact otherwise; errors and
+/// non-object results pass unchanged.
+pub fn complete_reply(method: &str, reply: Bytes) -> Bytes {
+    match missing_fields(method, &reply) {
+        Some((at, fields)) => splice(&reply, &mut [(at..at, fields.as_bytes())]).into(),
+        None => reply,
+    }
+}
+
+/// Where to insert which fields into the reply's `result` object, if any are missing.
+fn missing_fields(method: &str, reply: &[u8]) -> Option<(usize, String)> {
+    let result = serde_json::from_slice::<ReplyWire<'_>>(reply)
+        .ok()?
+        .result?;
+    let has: ResultFieldsWire<'_> = serde_json::from_str(result.get()).ok()?;
+    let mut fields = Vec::with_capacity(3);
+    if has.result_type.is_none() {
+        fields.push(r#""resultType":"complete""#);
+    }
+    // Only complete results are cacheable.
+    let complete = has.result_type.is_none_or(|t| t == "complete");
+    if complete && CACHEABLE_METHODS.contains(&method) {
+        if !has.ttl_ms {
+            fields.push(r#""ttlMs":0"#);
+        }
+        if !has.cache_scope {
+            fields.push(r#""cacheScope":"private""#);
+        }
+    }
+    if fields.is_empty() {
+        return None;
+    }
+    let span = span_of(reply, result.get())?;
+    let empty = result.get()[1..].trim_start().starts_with('}');
+    let mut text = fields.join(",");
+    if !empty {
+        text.push(',');
+    }
+    Some((span.start + 1, text)) // just after the object's `{`
+}
+
+#[derive(Deserialize)]
+struct ErrorCodeWire {
+    code: Option<i64>,
+}
+
+/// True when `reply` is a JSON-RPC error "method not found" (HTTP 404 in this era).
+pub fn is_method_not_found(reply: &[u8]) -> bool {
+    let Some(error) = serde_json::from_slice::<ReplyWire<'_>>(reply)
+        .ok()
+        .and_then(|r| r.error)
+    else {
+        return false;
+    };
+    serde_json::from_str::<ErrorCodeWire>(error.get())
+        .is_ok_and(|e| e.code == Some(METHOD_NOT_FOUND))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::mcp::envelope;
+    use crate::mcp::stateless::{
+        META_CLIENT_CAPABILITIES, META_CLIENT_INFO, META_PROTOCOL_VERSION, STATELESS_VERSION,
+        request_meta,
+    };
+
+    fn request(method: &str, params: Value) -> String {
+        json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string()
+    }
+
+    #[test]
+    fn synthetic_initialize_keeps_session_era_capabilities_and_client_info() {
+        let text = request(
+            "server/discover",
+            json!({"_meta": {
+                META_PROTOCOL_VERSION: STATELESS_VERSION,
+                META_CLIENT_CAPABILITIES: {"sampling": {"tools": {}}, "roots": {}, "extensions": {"x.y/z": {}}, "x-vendor": 1},
+                META_CLIENT_INFO: {"name": "c", "version": "1", "x": [1]},
+            }}),
+        );
+        let env = envelope::parse(text.as_bytes()).unwrap();
+        let meta = request_meta(env.params);
+        let admitted = Admitted {
+            client_capabilities: meta.client_capabilities.unwrap(),
+            client_info: meta.client_info,
+        };
+        let params: Value = serde_json::from_str(&init_params(&admitted)).unwrap();
+        assert_eq!(
+            params,
+            json!({
+                "protocolVersion": "2025-11-25",
+                "capabilities": {"roots": {}, "sampling": {"tools": {}}},
+                "clientInfo": {"name": "c", "version": "1", "x": [1]},
+            })
+        );
+        let anonymous = Admitted {
+            client_capabilities: meta.client_capabilities.unwrap(),
+            client_info: None,
+        };
+        let params: Value = serde_json::from_str(&init_params(&anonymous)).unwrap();
+        assert_eq!(params["clientInfo"]["name"], "mcpmux");
+    }
+
+    #[test]
+    fn discover_result_carries_the_child_fields_byte_for_byte() {
+        let init = br#"{"protocolVersion":"2025-11-25","capabilities":{"tools":{"listChanged":true},"x-vendor":{"k":[1,2.50]}},"serverInfo":{"name":"s","version":"9"},"instructions":"use \"echo\""}"#;
+        let out = String::from_utf8(discover_result(init)).unwrap();
+        assert!(
+            out.contains(
+                r#""capabilities":{"tools":{"listChanged":true},"x-vendor":{"k":[1,2.50]}}"#
+            ),
+            "{out}"
+        );
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "resultType": "complete",
+                "supportedVersions": SUPPORTED_VERSIONS,
+                "capabilities": {"tools": {"listChanged": true}, "x-vendor": {"k": [1, 2.5]}},
+                "instructions": "use \"echo\"",
+                "ttlMs": 0,
+                "cacheScope": "private",
+                "_meta": {META_SERVER_INFO: {"name": "s", "version": "9"}},
+            })
+        );
+        let bare: Value = serde_json::from_slice(&discover_result(b"{}")).unwrap();
+        assert_eq!(bare["capabilities"], json!({}));
+        assert!(bare.get("_meta").is_none() && bare.get("instructions").is_none());
+    }
+
+    #[test]
+    fn results_get_result_type_and_cache_hints_only_where_missing() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "tools/list",
+                r#"{"jsonrpc":"2.0","id":"a","result":{"tools":[],"x":1}}"#,
+                r#"{"jsonrpc":"2.0","id":"a","result":{"resultType":"complete","ttlMs":0,"cacheScope":"private","tools":[],"x":1}}"#,
+            ),
+            (
+                "resources/read",
+                r#"{"jsonrpc":"2.0","id":1,"result": { } }"#,
+                r#"{"jsonrpc":"2.0","id":1,"result": {"resultType":"complete","ttlMs":0,"cacheScope":"private" } }"#,
+            ),
+            (
+                "prompts/list",
+                r#"{"jsonrpc":"2.0","id":1,"result":{"ttlMs":null,"resultType":"complete","prompts":[]}}"#,
+                r#"{"jsonrpc":"2.0","id":1,"result":{"cacheScope":"private","ttlMs":null,"resultType":"complete","prompts":[]}}"#,
+            ),
+            (
+                "tools/list",
+                r#"{"jsonrpc":"2.0","id":1,"result":{"ttlMs":5,"cacheScope":"public","resultType":"complete"}}"#,
+                r#"{"jsonrpc":"2.0","id":1,"result":{"ttlMs":5,"cacheScope":"public","resultType":"complete"}}"#,
+            ),
+            (
+                "tools/list",
+                r#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"input_required"}}"#,
+                r#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"input_required"}}"#,
+            ),
+            (
+                "tools/call",
+                r#"{"jsonrpc":"2.0","id":1,"result":{"content":[],"vendor":{"a":2.50}}}"#,
+                r#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"complete","content":[],"vendor":{"a":2.50}}}"#,
+            ),
+            (
+                "tools/list",
+                r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32603,"message":"m"}}"#,
+                r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32603,"message":"m"}}"#,
+            ),
+            (
+                "x/y",
+                r#"{"jsonrpc":"2.0","id":1,"result":[1]}"#,
+                r#"{"jsonrpc":"2.0","id":1,"result":[1]}"#,
+            ),
+        ];
+        for (method, reply, want) in cases {
+            let got = complete_reply(method, Bytes::from_static(reply.as_bytes()));
+            assert_eq!(String::from_utf8_lossy(&got), *want, "{method}: {reply}");
+        }
+    }
+
+    #[test]
+    fn method_not_found_is_recognised() {
+        assert!(is_method_not_found(
+            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"m"}}"#
+        ));
+        assert!(!is_method_not_found(
+            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"m"}}"#
+        ));
+        assert!(!is_method_not_found(
+            br#"{"jsonrpc":"2.0","id":1,"result":{}}"#
+        ));
+    }
+}
