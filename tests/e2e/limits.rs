@@ -312,11 +312,6 @@ async fn request_timeout_answers_32001_and_cancels_at_the_child_while_progress_e
         json!([slow[0]["id"]]),
         "the timed-out request must be cancelled at the child, by its child-side id: {waited:#}"
     );
-    assert_eq!(
-        waited["result"]["in_flight"],
-        json!([]),
-        "the cancelled call is silenced at the child: {waited:#}"
-    );
 
     // Progress every 100 ms keeps a 2.5 s call alive under a 1 s timeout.
     let mut stream = open_slow_call(&daemon, "slowpoke", &session, 9, 2_500).await;
