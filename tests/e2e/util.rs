@@ -1014,8 +1014,8 @@ pub fn pid_gone(pid: u32) -> bool {
 
 /// Waits until `pid` is gone (see [`pid_gone`]); `false` if it still runs after `within`.
 ///
-/// A bounded `/proc` poll like [`wait_no_process_with_marker`], for a process found by pid (a
-/// grandchild whose command line carries no marker): the one polling wait of the harness.
+/// The same accepted exception as [`wait_no_process_with_marker`] (a bounded `/proc` poll for
+/// the exit of a process that is not ours), for a process known by its pid.
 pub async fn wait_pid_gone(pid: u32, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     loop {
