@@ -513,8 +513,12 @@ impl Tenant {
     }
 
     fn record_crash(&self, lived: Option<Duration>) {
+        self.record_crash_in(&mut lock(&self.slot), lived);
+    }
+
+    /// Counts a crash and arms the backoff, in the caller's lock of `slot`.
+    fn record_crash_in(&self, slot: &mut Slot, lived: Option<Duration>) {
         crate::metrics::crashed(self.id.as_str());
-        let mut slot = lock(&self.slot);
         slot.crashes = match lived {
             Some(lived) if lived >= BACKOFF_RESET => 1,
             _ => slot.crashes.saturating_add(1),
@@ -525,18 +529,23 @@ impl Tenant {
     }
 
     fn on_exit(&self, relay: &Arc<Relay>, info: &ExitInfo) {
+        let crashed = info.reason != ExitReason::Stopped;
         {
+            // One lock for the exit and the crash count: `/status` and the backoff check
+            // never see a crashed child's exit without its restart counted.
             let mut slot = lock(&self.slot);
             if slot.relay.as_ref().is_some_and(|r| Arc::ptr_eq(r, relay)) {
                 self.take(&mut slot);
             }
             slot.last_exit = Some((info.clone(), Instant::now()));
+            if crashed {
+                self.record_crash_in(&mut slot, Some(relay.started().elapsed()));
+            }
         }
-        if info.reason == ExitReason::Stopped {
-            info!(client_id = %self.id, pid = relay.pid(), status = %info.status, "child stopped");
-        } else {
+        if crashed {
             warn!(client_id = %self.id, pid = relay.pid(), status = %info.status, reason = ?info.reason, "child exited unexpectedly");
-            self.record_crash(Some(relay.started().elapsed()));
+        } else {
+            info!(client_id = %self.id, pid = relay.pid(), status = %info.status, "child stopped");
         }
     }
 

@@ -12,6 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use nix::sys::resource::Resource;
 use nix::unistd::Pid;
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 
@@ -67,7 +68,7 @@ pub(super) fn start(spec: &ClientSpec) -> Result<Started, Error> {
     let program = resolve_command(&spec.command, &cwd, exe_dir.as_deref(), &path_var)?;
     let child = command(&program, spec, &cwd, &env)
         .spawn()
-        .map_err(spawn_error)?;
+        .map_err(|e| spawn_error(explain_limits(e, spec.limits, hard_limit)))?;
     take_pipes(child).map_err(spawn_error)
 }
 
@@ -104,19 +105,55 @@ fn apply_limits_on_exec(cmd: &mut Command, limits: Limits) {
     }
 }
 
+/// Each `rlimit_*` field with its resource and value.
+fn limit_fields(limits: Limits) -> [(&'static str, Resource, Option<u64>); 3] {
+    [
+        ("rlimit_as", Resource::RLIMIT_AS, limits.address_space),
+        ("rlimit_nofile", Resource::RLIMIT_NOFILE, limits.open_files),
+        ("rlimit_nproc", Resource::RLIMIT_NPROC, limits.processes),
+    ]
+}
+
 fn set_limits(limits: Limits) -> nix::Result<()> {
-    use nix::sys::resource::{Resource, setrlimit};
-    let pairs = [
-        (Resource::RLIMIT_AS, limits.address_space),
-        (Resource::RLIMIT_NOFILE, limits.open_files),
-        (Resource::RLIMIT_NPROC, limits.processes),
-    ];
-    for (resource, value) in pairs {
+    for (_, resource, value) in limit_fields(limits) {
         if let Some(value) = value {
-            setrlimit(resource, value, value)?;
+            nix::sys::resource::setrlimit(resource, value, value)?;
         }
     }
     Ok(())
+}
+
+/// The daemon's own hard limit of `resource`.
+fn hard_limit(resource: Resource) -> Option<u64> {
+    nix::sys::resource::getrlimit(resource)
+        .ok()
+        .map(|(_, hard)| hard)
+}
+
+/// A bare "Operation not permitted" from a spawn under limits usually means a value above
+/// the daemon's own hard limit, which only a privileged process may raise: say which.
+fn explain_limits(
+    err: io::Error,
+    limits: Limits,
+    hard_limit: impl Fn(Resource) -> Option<u64>,
+) -> io::Error {
+    if err.kind() != io::ErrorKind::PermissionDenied {
+        return err;
+    }
+    let over: Vec<String> = limit_fields(limits)
+        .into_iter()
+        .filter_map(|(name, resource, value)| {
+            let (value, hard) = (value?, hard_limit(resource)?);
+            (value > hard)
+                .then(|| format!("{name}={value} is above mcpmux's own hard limit {hard}"))
+        })
+        .collect();
+    if over.is_empty() {
+        return err;
+    }
+    let fix =
+        "lower it, or raise the daemon's limit (LimitNPROC=, LimitNOFILE=, LimitAS= in the unit)";
+    io::Error::new(err.kind(), format!("{err}: {}; {fix}", over.join(", ")))
 }
 
 /// On error the child is dropped, and `kill_on_drop` ends it.
@@ -300,6 +337,42 @@ mod tests {
             "/nonexistent/x"
         );
         assert_eq!(not_found(resolve_command("", cwd, None, path)), "");
+    }
+
+    #[test]
+    fn permission_denied_under_limits_names_the_limit_above_the_hard_limit() {
+        let eperm = || io::Error::from_raw_os_error(1);
+        let hard = |r| match r {
+            Resource::RLIMIT_NPROC => Some(1000),
+            Resource::RLIMIT_NOFILE => Some(4096),
+            _ => None, // unknown: never blamed
+        };
+        let limits = Limits {
+            address_space: Some(1 << 40),
+            open_files: Some(64),
+            processes: Some(5000),
+        };
+        let explained = explain_limits(eperm(), limits, hard).to_string();
+        assert!(
+            explained.starts_with("Operation not permitted (os error 1): rlimit_nproc=5000 is above mcpmux's own hard limit 1000; lower it"),
+            "{explained}"
+        );
+        assert!(!explained.contains("rlimit_nofile"), "{explained}");
+        assert!(!explained.contains("rlimit_as"), "{explained}");
+
+        let within = Limits {
+            processes: Some(10),
+            ..limits
+        };
+        let plain = explain_limits(eperm(), within, hard).to_string();
+        assert_eq!(plain, eperm().to_string(), "no limit to blame");
+        let enoent = io::Error::from_raw_os_error(2);
+        let other = explain_limits(enoent, limits, hard).to_string();
+        assert_eq!(
+            other,
+            io::Error::from_raw_os_error(2).to_string(),
+            "not a permission error"
+        );
     }
 
     #[test]

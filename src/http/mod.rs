@@ -20,7 +20,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 pub use body::{Body, SseBody};
 pub use error::{
@@ -150,6 +150,9 @@ pub async fn serve<F, Fut>(
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
     let graceful = GracefulShutdown::new();
+    let local = listener
+        .local_addr()
+        .map_or_else(|_| "?".into(), |a| a.to_string());
     loop {
         heartbeat.beat();
         // Match the whole Result: an Err arm in select! would disable accepting forever.
@@ -183,6 +186,7 @@ pub async fn serve<F, Fut>(
         });
     }
     drop(listener); // stop accepting: new connections are refused from here on
+    info!(addr = %local, "stopped accepting connections");
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()

@@ -31,7 +31,7 @@ fn with_ttl_1s(mut spec: Value) -> Value {
 
 /// A child that starts a grandchild holding its stdout/stderr (as `npx` → `node` does):
 /// `sh -c 'sleep 3000.<marker> & exec python3 fake_child.py --log-file <log>'`.
-fn grandchild_spec(log: &ChildLog) -> Value {
+pub(crate) fn grandchild_spec(log: &ChildLog) -> Value {
     let script = repo_root().join("tests/fixtures/fake_child.py");
     let script = script.to_str().expect("repo path must be UTF-8");
     let line = format!(

@@ -10,12 +10,16 @@
 
 mod util;
 
+mod admin;
 mod http_errors;
 mod interop;
 mod lifecycle;
+mod limits;
 mod mux;
+mod ops;
 mod reload;
 mod smoke;
 mod stateless;
 mod streams;
+mod systemd;
 mod tenant;

@@ -164,8 +164,15 @@ impl Daemon {
     /// Spawns the binary with exactly `args` and waits for its tenant listening address.
     pub async fn spawn(args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut cmd = mcpmux_command(args);
-        cmd.envs(env.iter().copied())
-            .stdin(Stdio::null())
+        cmd.envs(env.iter().copied());
+        Daemon::spawn_command(cmd).await
+    }
+
+    /// Spawns `cmd`, which must end up exec'ing `mcpmux serve` in the same process (a
+    /// trampoline that sets up descriptors or environment first), and waits for its tenant
+    /// listening address.
+    pub async fn spawn_command(mut cmd: Command) -> Daemon {
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -324,8 +331,16 @@ impl Daemon {
 /// A `Command` for the `mcpmux` binary under test, with the test's `MCPMUX_*` variables
 /// removed so a developer's environment cannot change what a test means.
 pub fn mcpmux_command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mcpmux"));
-    cmd.args(args).env("NO_COLOR", "1");
+    let mut cmd = isolated_command(env!("CARGO_BIN_EXE_mcpmux"));
+    cmd.args(args);
+    cmd
+}
+
+/// A `Command` for `program` with the test's `MCPMUX_*` variables removed and `NO_COLOR` set,
+/// for trampolines that exec `mcpmux` themselves.
+pub fn isolated_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env("NO_COLOR", "1");
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("MCPMUX_") {
             cmd.env_remove(name);
@@ -985,4 +1000,171 @@ fn parse_raw_response(buf: &[u8]) -> Option<RawResponse> {
         headers,
         body,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations tests (admin, systemd, limits)
+// ---------------------------------------------------------------------------------------------
+
+/// Whether `pid` is gone: no `/proc/<pid>`, or an unreaped zombie (dead, only not yet waited
+/// for by its parent, e.g. a grandchild reparented to a container's init).
+pub fn pid_gone(pid: u32) -> bool {
+    proc_stat(pid).is_none_or(|(state, _)| state == 'Z')
+}
+
+/// Waits until `pid` is gone (see [`pid_gone`]); `false` if it still runs after `within`.
+///
+/// The same accepted exception as [`wait_no_process_with_marker`] (a bounded `/proc` poll for
+/// the exit of a process that is not ours), for a process known by its pid.
+pub async fn wait_pid_gone(pid: u32, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if pid_gone(pid) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// GET `path` on the admin listener: status and body text.
+pub async fn admin_get(daemon: &Daemon, path: &str) -> (u16, String) {
+    let url = format!("http://{}{path}", daemon.admin_addr().await);
+    let resp = daemon.http().get(url).send().await;
+    let resp = resp.unwrap_or_else(|e| panic!("the admin listener must answer GET {path}: {e}"));
+    let status = resp.status().as_u16();
+    let body = timeout(HTTP_TIMEOUT, resp.text())
+        .await
+        .expect("an admin body must complete within HTTP_TIMEOUT")
+        .expect("an admin body must be readable");
+    (status, body)
+}
+
+/// `GET /status`, parsed.
+pub async fn admin_status(daemon: &Daemon) -> Value {
+    let (status, body) = admin_get(daemon, "/status").await;
+    assert_eq!(status, 200, "/status must answer 200: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("/status must be JSON ({e}): {body}"))
+}
+
+/// The `/status` entry of `client_id`.
+pub fn tenant_status<'a>(status: &'a Value, client_id: &str) -> &'a Value {
+    let tenants = status["tenants"].as_array();
+    let tenants = tenants.unwrap_or_else(|| panic!("/status must list tenants: {status:#}"));
+    let found = tenants.iter().find(|t| t["client_id"] == client_id);
+    found.unwrap_or_else(|| panic!("/status must list tenant {client_id}: {status:#}"))
+}
+
+/// The fake child's `slow` tool arguments: `ms` long, a progress notification every 100 ms.
+pub fn slow_args(ms: u64) -> Value {
+    json!({"ms": ms, "steps": (ms / 100).max(1)})
+}
+
+/// Starts a `slow` call of `ms` (request id `id`, progress token `id`) in `session` and
+/// returns its SSE answer once the first progress notification has arrived: from then on the
+/// request is known to be in flight at the child, with no polling.
+pub async fn open_slow_call(
+    daemon: &Daemon,
+    client_id: &str,
+    session: &str,
+    id: u64,
+    ms: u64,
+) -> SseStream {
+    let params =
+        json!({"name": "slow", "arguments": slow_args(ms), "_meta": {"progressToken": id}});
+    let req = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params});
+    let resp = post(daemon, Some(client_id), Some(session), &req).await;
+    let mut stream = SseStream::new(resp);
+    let first = stream
+        .next_message(
+            HTTP_TIMEOUT,
+            "a slow call must stream its first progress notification",
+        )
+        .await;
+    assert_eq!(
+        first["method"], "notifications/progress",
+        "the first message of a slow call is its progress: {first:#}"
+    );
+    stream
+}
+
+/// Reads `stream` up to the response to request `id` and returns it.
+pub async fn finish_call(stream: &mut SseStream, id: u64, contract: &str) -> Value {
+    loop {
+        let message = stream.next_message(HTTP_TIMEOUT, contract).await;
+        let answered = message.get("result").is_some() || message.get("error").is_some();
+        if message["id"] == id && answered {
+            return message;
+        }
+    }
+}
+
+/// A Unix datagram socket standing in for systemd's notification socket.
+pub struct NotifySocket {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    sock: tokio::net::UnixDatagram,
+    /// Every datagram received so far, in order.
+    pub seen: Vec<String>,
+}
+
+impl NotifySocket {
+    pub fn bind() -> NotifySocket {
+        let dir = tempfile::Builder::new()
+            .prefix("mcpmux-e2e-notify-")
+            .tempdir()
+            .expect("a temp dir for NOTIFY_SOCKET must be creatable");
+        let path = dir.path().join("notify.sock");
+        let std = std::os::unix::net::UnixDatagram::bind(&path)
+            .expect("the test must be able to bind its NOTIFY_SOCKET");
+        std.set_nonblocking(true).expect("set_nonblocking");
+        let sock = tokio::net::UnixDatagram::from_std(std)
+            .expect("a bound datagram socket must be adoptable");
+        NotifySocket {
+            _dir: dir,
+            path,
+            sock,
+            seen: Vec::new(),
+        }
+    }
+
+    pub fn path(&self) -> &str {
+        self.path.to_str().expect("temp path must be UTF-8")
+    }
+
+    /// Receives datagrams until one carries the assignment `field` (e.g. `READY=1`), and
+    /// returns that datagram. Panics with `contract` (and what did arrive) after `within`.
+    pub async fn expect(&mut self, field: &str, within: Duration, contract: &str) -> String {
+        let deadline = Instant::now() + within;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let received = timeout_at(deadline, self.sock.recv(&mut buf)).await;
+            let Ok(received) = received else {
+                panic!(
+                    "{contract}: no {field} within {within:?}; received {:?}",
+                    self.seen
+                );
+            };
+            let n = received.expect("the notify socket must be readable");
+            let datagram = String::from_utf8_lossy(&buf[..n]).into_owned();
+            self.seen.push(datagram.clone());
+            if notify_has(&datagram, field) {
+                return datagram;
+            }
+        }
+    }
+}
+
+/// Whether `datagram` (newline-separated `KEY=VALUE` lines) has the line `field`.
+pub fn notify_has(datagram: &str, field: &str) -> bool {
+    datagram.lines().any(|line| line == field)
+}
+
+/// The value of `key` in `datagram`, if present.
+pub fn notify_value<'a>(datagram: &'a str, key: &str) -> Option<&'a str> {
+    datagram
+        .lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the pinned third-party parts of the interop tests:
 #   - tests/interop/node_modules  from package-lock.json (npm ci), for @modelcontextprotocol/server-everything;
-#   - target/interop-venv         a Python venv with requirements.txt (the `mcp` SDK client).
+#   - target/interop-venv         a Python venv with requirements.txt (the `mcp` SDK client, and
+#                                 `prometheus_client` whose parser judges /metrics in the e2e tests).
 # Idempotent and fast when already installed: each part records a hash of its pin file and is
 # reinstalled only when the pin changes or the install is missing. Safe to run concurrently
 # (serialised with flock). Needs network access to the npm registry and PyPI on first run.
@@ -42,3 +43,5 @@ if [[ ! -f "$pip_stamp" || "$(cat "$pip_stamp")" != "$pip_want" ]]; then
 fi
 "$venv/bin/python" -c 'import mcp.client.streamable_http' \
     || { echo "interop setup: the mcp SDK in $venv does not import" >&2; exit 1; }
+"$venv/bin/python" -c 'import prometheus_client.parser' \
+    || { echo "interop setup: prometheus_client in $venv does not import" >&2; exit 1; }
