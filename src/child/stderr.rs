@@ -24,7 +24,7 @@ pub const STDERR_MAX_LINE_BYTES: usize = 8 * 1024;
 pub const STDERR_TAIL_LINES: usize = 20;
 /// Longest line kept in the tail, in bytes.
 pub const STDERR_TAIL_LINE_BYTES: usize = 512;
-/// Stderr lines logged per child per [`RATE_WINDOW`]; the rest are counted, then summarised.
+/// Stderr lines logged per child per `RATE_WINDOW`; the rest are counted, then summarised.
 pub const STDERR_LINES_PER_SEC: u32 = 100;
 const RATE_WINDOW: Duration = Duration::from_secs(1);
 /// Bytes asked of each stderr read.

@@ -27,11 +27,12 @@ use super::error::{ApiError, empty, json_response, rpc_error};
 use super::reply::{self, Replying};
 use super::{App, Observed};
 use crate::clients::ClientSpec;
+use crate::mcp::call::{Call, CallEvent};
 use crate::mcp::control;
 use crate::mcp::envelope::{
     self, Envelope, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, Kind, span_of, splice,
 };
-use crate::mcp::relay::{Call, CallEvent, Relay};
+use crate::mcp::relay::Relay;
 use crate::mcp::session::{CallerCaps, Session, new_session_id};
 use crate::pool::{StartError, Tenant};
 use crate::settings::MAX_SESSIONS_PER_TENANT;

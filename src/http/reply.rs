@@ -19,7 +19,7 @@ use tracing::debug;
 
 use super::body::{Body, SseBody};
 use super::mcp::sse_response;
-use crate::mcp::relay::{Call, CallEvent};
+use crate::mcp::call::{Call, CallEvent};
 use crate::mcp::session::{Attached, Session, Sessions};
 
 /// Where a session-era reply is recorded, so that it can be resumed.

@@ -20,8 +20,8 @@ use super::App;
 use super::body::{Body, SseBody};
 use super::error::{ApiError, empty, json_response};
 use super::mcp::{Accept, Ctx, SESSION_HEADER, VERSION_HEADER, single, sse_response, start_failed};
+use crate::mcp::call::{Call, CallEvent};
 use crate::mcp::envelope::{self, Envelope, INTERNAL_ERROR, Kind, METHOD_NOT_FOUND};
-use crate::mcp::relay::{Call, CallEvent};
 use crate::mcp::stateless::{self as rules, Admitted, Header, Headers, Rejection, RequestMeta};
 
 /// The method header of 2026-07-28.

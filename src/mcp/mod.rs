@@ -15,8 +15,10 @@
 //! the request they belong to, notifications on the GET stream, resource updates only to
 //! subscribers and log messages by each session's own level ([`interest`], [`control`]).
 
+pub mod call;
 pub mod control;
 pub mod envelope;
+pub mod exit;
 pub mod interest;
 pub mod relay;
 pub mod reverse;

@@ -18,8 +18,10 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use super::call::{Call, CallEvent, InflightGuard};
 use super::control;
 use super::envelope::{self, Envelope, INTERNAL_ERROR, Kind, METHOD_NOT_FOUND, span_of, splice};
+use super::exit;
 use super::interest::{self, Told};
 use super::reverse::{self, ReverseRequests};
 use super::session::{CallerCaps, Sessions};
@@ -232,7 +234,7 @@ impl Relay {
             .send_request(child_id, line.into(), Bytes::from_static(b"0"), None, None)
             .await
             .map_err(|e| InitError::Failed(e.to_string()))?;
-        call.cancellable = false; // initialize must never be cancelled (MCP lifecycle)
+        call.uncancellable(); // initialize must never be cancelled (MCP lifecycle)
         let reply = loop {
             match call.next(timeout).await {
                 CallEvent::Related(_) => continue,
@@ -342,16 +344,7 @@ impl Relay {
             };
             pending.insert(child_id, entry);
         }
-        let call = Call {
-            relay: self.clone(),
-            child_id,
-            orig_id,
-            related,
-            done,
-            finished: false,
-            cancellable: true,
-            _guard: guard,
-        };
+        let call = Call::new(self.clone(), child_id, orig_id, related, done, guard);
         if let Err(e) = self.child.send(line).await {
             return Err(SendError::Gone(format!("{}: {e}", self.exit_message())));
         }
@@ -555,7 +548,8 @@ impl Relay {
         info
     }
 
-    fn abandon(&self, child_id: u64, cancellable: bool, reason: &str) {
+    /// Forgets a request its caller gave up on; tells the child when it may be cancelled.
+    pub(super) fn abandon(&self, child_id: u64, cancellable: bool, reason: &str) {
         let Some(_) = lock(&self.pending).remove(&child_id) else {
             return;
         };
@@ -574,55 +568,26 @@ impl Relay {
 }
 
 impl Relay {
-    /// Message and `error.data` for failures caused by the child's exit. When the child
-    /// ran under `rlimit_*` and died abnormally, both say so: the limit is the likely cause.
+    /// Message and `error.data` for failures caused by the child's exit (see [`exit`]).
     pub fn exit_report(&self, info: &ExitInfo) -> (String, serde_json::Value) {
-        let mut message = exit_message(info);
-        let mut data = exit_data(info);
-        let abnormal = info.signal.is_some() || info.code.is_some_and(|c| c != 0);
-        if abnormal && self.limits != Limits::default() {
-            let limits = limits_text(&self.limits);
-            message.push_str(&format!(
-                "; it ran under {limits}, which it may have exceeded"
-            ));
-            if let Some(obj) = data.as_object_mut() {
-                obj.insert("rlimits".into(), json!(limits));
+        exit::report(info, &self.limits)
+    }
+
+    /// Counts a request in (held by a call's in-flight guard).
+    pub(super) fn enter(&self) {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Counts a request out; the last one out marks the relay idle.
+    pub(super) fn leave(&self) {
+        *lock(&self.idle_since) = Instant::now();
+        if self.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if self.retiring.load(Ordering::Acquire) {
+                self.child.stop(); // a replaced child finishes its work, then goes
             }
+            self.idle.notify_one();
         }
-        (message, data)
     }
-}
-
-fn limits_text(limits: &Limits) -> String {
-    let named = [
-        ("rlimit_as", limits.address_space),
-        ("rlimit_nofile", limits.open_files),
-        ("rlimit_nproc", limits.processes),
-    ];
-    let set: Vec<String> = named
-        .iter()
-        .filter_map(|(n, v)| Some(format!("{n}={}", (*v)?)))
-        .collect();
-    set.join(", ")
-}
-
-/// The human message for a child that ended with requests in flight.
-fn exit_message(info: &ExitInfo) -> String {
-    match info.reason {
-        ExitReason::LineTooLong => "child process wrote an over-long line and was restarted".into(),
-        ExitReason::Stopped => format!("child process was stopped ({})", info.status),
-        ExitReason::Exited => format!("child process exited ({})", info.status),
-    }
-}
-
-/// `error.data` for failures caused by a child's exit: status and stderr tail.
-fn exit_data(info: &ExitInfo) -> serde_json::Value {
-    json!({
-        "exit_status": info.status,
-        "exit_code": info.code,
-        "signal": info.signal,
-        "stderr_tail": info.stderr_tail,
-    })
 }
 
 /// Why initializing a child failed.
@@ -650,95 +615,5 @@ fn init_result(reply: &[u8]) -> Result<Bytes, InitError> {
         (Some(result), _) => Ok(Bytes::copy_from_slice(result.get().as_bytes())),
         (None, Some(error)) => Err(InitError::Rejected(error.get().to_string())),
         (None, None) => Err(InitError::Failed("empty reply to initialize".into())),
-    }
-}
-
-/// What a pending call yields.
-#[derive(Debug)]
-pub enum CallEvent {
-    /// A message related to the request (progress), caller's token restored.
-    Related(Bytes),
-    /// The final response, caller's id restored; nothing follows.
-    Final(Bytes),
-}
-
-/// A request in flight. Dropping it before its final response cancels it at the child.
-pub struct Call {
-    relay: Arc<Relay>,
-    child_id: u64,
-    orig_id: Bytes,
-    related: mpsc::Receiver<Bytes>,
-    done: oneshot::Receiver<Bytes>,
-    finished: bool,
-    cancellable: bool,
-    _guard: InflightGuard,
-}
-
-impl Call {
-    /// The next event; `timeout` restarts with every related message.
-    pub async fn next(&mut self, timeout: Duration) -> CallEvent {
-        if self.finished {
-            return self.failure(INTERNAL_ERROR, "request already answered");
-        }
-        tokio::select! {
-            biased; // related messages precede the final one the child sent after them
-            Some(message) = self.related.recv() => CallEvent::Related(message),
-            done = &mut self.done => {
-                self.finished = true;
-                match done {
-                    Ok(bytes) => CallEvent::Final(bytes),
-                    Err(_) => self.failure(INTERNAL_ERROR, "request was abandoned"),
-                }
-            }
-            () = tokio::time::sleep(timeout) => {
-                self.finished = true;
-                self.relay.abandon(self.child_id, self.cancellable, "request timed out");
-                let message = format!("request timed out after {} s without progress", timeout.as_secs_f64());
-                self.failure(REQUEST_TIMEOUT, &message)
-            }
-        }
-    }
-
-    fn failure(&self, code: i64, message: &str) -> CallEvent {
-        let id = String::from_utf8_lossy(&self.orig_id()).into_owned();
-        CallEvent::Final(envelope::error_response(&id, code, message, None).into())
-    }
-
-    fn orig_id(&self) -> Bytes {
-        self.orig_id.clone()
-    }
-}
-
-impl Drop for Call {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.relay
-                .abandon(self.child_id, self.cancellable, "caller went away");
-        }
-    }
-}
-
-/// Counts a request in flight on a relay; the last one out marks the relay idle.
-struct InflightGuard {
-    relay: Arc<Relay>,
-}
-
-impl InflightGuard {
-    fn new(relay: Arc<Relay>) -> Self {
-        relay.inflight.fetch_add(1, Ordering::AcqRel);
-        Self { relay }
-    }
-}
-
-impl Drop for InflightGuard {
-    fn drop(&mut self) {
-        let relay = &self.relay;
-        *lock(&relay.idle_since) = Instant::now();
-        if relay.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            if relay.retiring.load(Ordering::Acquire) {
-                relay.child.stop(); // a replaced child finishes its work, then goes
-            }
-            relay.idle.notify_one();
-        }
     }
 }

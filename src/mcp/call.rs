@@ -1,0 +1,122 @@
+//! A request in flight on a relay, as its HTTP handler holds it.
+//!
+//! Invariant: dropping a [`Call`] before its final response abandons the request at the
+//! relay (which tells the child `notifications/cancelled`), and the `InflightGuard` it
+//! holds keeps the relay from being reaped while it lives.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::envelope::{self, INTERNAL_ERROR};
+use super::relay::{REQUEST_TIMEOUT, Relay};
+
+/// What a pending call yields.
+#[derive(Debug)]
+pub enum CallEvent {
+    /// A message related to the request (progress), caller's token restored.
+    Related(Bytes),
+    /// The final response, caller's id restored; nothing follows.
+    Final(Bytes),
+}
+
+/// A request in flight. Dropping it before its final response cancels it at the child.
+pub struct Call {
+    relay: Arc<Relay>,
+    child_id: u64,
+    orig_id: Bytes,
+    related: mpsc::Receiver<Bytes>,
+    done: oneshot::Receiver<Bytes>,
+    finished: bool,
+    cancellable: bool,
+    _guard: InflightGuard,
+}
+
+impl Call {
+    pub(super) fn new(
+        relay: Arc<Relay>,
+        child_id: u64,
+        orig_id: Bytes,
+        related: mpsc::Receiver<Bytes>,
+        done: oneshot::Receiver<Bytes>,
+        guard: InflightGuard,
+    ) -> Self {
+        Self {
+            relay,
+            child_id,
+            orig_id,
+            related,
+            done,
+            finished: false,
+            cancellable: true,
+            _guard: guard,
+        }
+    }
+
+    /// Marks the request as one that must never be cancelled (`initialize`).
+    pub(super) fn uncancellable(&mut self) {
+        self.cancellable = false;
+    }
+
+    /// The next event; `timeout` restarts with every related message.
+    pub async fn next(&mut self, timeout: Duration) -> CallEvent {
+        if self.finished {
+            return self.failure(INTERNAL_ERROR, "request already answered");
+        }
+        tokio::select! {
+            biased; // related messages precede the final one the child sent after them
+            Some(message) = self.related.recv() => CallEvent::Related(message),
+            done = &mut self.done => {
+                self.finished = true;
+                match done {
+                    Ok(bytes) => CallEvent::Final(bytes),
+                    Err(_) => self.failure(INTERNAL_ERROR, "request was abandoned"),
+                }
+            }
+            () = tokio::time::sleep(timeout) => {
+                self.finished = true;
+                self.relay.abandon(self.child_id, self.cancellable, "request timed out");
+                let message = format!("request timed out after {} s without progress", timeout.as_secs_f64());
+                self.failure(REQUEST_TIMEOUT, &message)
+            }
+        }
+    }
+
+    fn failure(&self, code: i64, message: &str) -> CallEvent {
+        let id = String::from_utf8_lossy(&self.orig_id()).into_owned();
+        CallEvent::Final(envelope::error_response(&id, code, message, None).into())
+    }
+
+    fn orig_id(&self) -> Bytes {
+        self.orig_id.clone()
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.relay
+                .abandon(self.child_id, self.cancellable, "caller went away");
+        }
+    }
+}
+
+/// Counts a request in flight on a relay; the last one out marks the relay idle.
+pub(super) struct InflightGuard {
+    relay: Arc<Relay>,
+}
+
+impl InflightGuard {
+    pub(super) fn new(relay: Arc<Relay>) -> Self {
+        relay.enter();
+        Self { relay }
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.relay.leave();
+    }
+}
