@@ -164,6 +164,8 @@ impl Pool {
             }
         }
         for id in &diff.removed {
+            // The exporter cannot drop a series; a removed tenant reads 0, not its last value.
+            crate::metrics::tenant_state(id.as_str(), 0, 0);
             if let Some(tenant) = lock(&self.tenants).remove(id) {
                 tenant.retire_child("client file removed");
                 tenant.sessions.clear();
