@@ -456,6 +456,7 @@ async fn respond(mut call: Call, accept: Accept, timeout: Duration) -> Response<
             CallEvent::Final(message) => return single(message, accept),
             CallEvent::Related(_) if !accept.sse => continue, // JSON-only caller: nowhere to put it
             CallEvent::Related(first) => return stream_call(call, first, timeout),
+            CallEvent::Cancelled => return cancelled(&call, accept),
         }
     }
 }
@@ -481,10 +482,23 @@ fn stream_call(mut call: Call, first: Bytes, timeout: Duration) -> Response<Body
                     let _ = tx.send(message).await; // a gone caller has nothing left to receive
                     return;
                 }
+                CallEvent::Cancelled => return, // the reply ends with no response
             }
         }
     });
     sse_response(SseBody::new(rx, None, Box::new(())))
+}
+
+/// The reply to a request its caller cancelled before anything was sent: an SSE stream that
+/// ends at once (no response is due), or, for a caller that takes only JSON, an error.
+pub(super) fn cancelled(call: &Call, accept: Accept) -> Response<Body> {
+    if accept.sse {
+        let (_, rx) = mpsc::channel(1);
+        return sse_response(SseBody::new(rx, None, Box::new(())));
+    }
+    let id = String::from_utf8_lossy(call.orig_id()).into_owned();
+    let reply = envelope::error_response(&id, INTERNAL_ERROR, "request was cancelled", None);
+    json_response(StatusCode::OK, reply.into())
 }
 
 async fn notification(
@@ -510,7 +524,8 @@ async fn notification(
     empty(StatusCode::ACCEPTED)
 }
 
-/// Rewrites a caller's cancellation into the child's id space; `None` for unknown ids.
+/// Rewrites a caller's cancellation into the child's id space, ending the request on our
+/// side; `None` for ids the session has not in flight (dropped, as MCP allows).
 fn cancelled_for_child(
     relay: &Relay,
     session: &Session,
@@ -518,7 +533,7 @@ fn cancelled_for_child(
     env: &Envelope<'_>,
 ) -> Option<Bytes> {
     let request_id = envelope::cancelled_request_id(env.params)?;
-    let child_id = relay.child_id_of(&session.id, request_id.get())?;
+    let child_id = relay.cancel_for_caller(&session.id, request_id.get())?;
     let span = span_of(body, request_id.get())?;
     Some(splice(body, &mut [(span, child_id.to_string().as_bytes())]).into())
 }

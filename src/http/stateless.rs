@@ -182,6 +182,7 @@ async fn respond(
             }
             CallEvent::Related(_) if !accept.sse => continue, // JSON-only caller: nowhere to put it
             CallEvent::Related(first) => return stream(call, first, method.to_owned(), timeout),
+            CallEvent::Cancelled => return super::mcp::cancelled(&call, accept),
         }
     }
 }
@@ -218,6 +219,7 @@ fn stream(mut call: Call, first: Bytes, method: String, timeout: Duration) -> Re
                     let _ = tx.send(reply).await; // a gone caller has nothing left to receive
                     return;
                 }
+                CallEvent::Cancelled => return,
             }
         }
     });

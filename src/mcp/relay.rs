@@ -236,6 +236,10 @@ impl Relay {
             match call.next(timeout).await {
                 CallEvent::Related(_) => continue,
                 CallEvent::Final(bytes) => break bytes,
+                // No caller owns this request, so none can cancel it.
+                CallEvent::Cancelled => {
+                    return Err(InitError::Failed("initialize was cancelled".into()));
+                }
             }
         };
         let result = match init_result(&reply) {
@@ -261,13 +265,19 @@ impl Relay {
             .map_err(|e| SendError::Gone(e.to_string()))
     }
 
-    /// The child-side id of a caller's in-flight request, for `notifications/cancelled`.
-    pub fn child_id_of(&self, session: &str, orig_id: &str) -> Option<u64> {
-        let pending = lock(&self.pending);
-        pending
+    /// A caller's `notifications/cancelled` for its own in-flight request: forgets the
+    /// request (whatever the child still sends for it is dropped, and its [`Call`] ends with
+    /// [`CallEvent::Cancelled`]) and returns the child-side id to cancel. Forgetting it here
+    /// is what keeps the child from getting a second cancellation when the caller then
+    /// closes the reply.
+    pub fn cancel_for_caller(&self, session: &str, orig_id: &str) -> Option<u64> {
+        let mut pending = lock(&self.pending);
+        let child_id = pending
             .iter()
             .find(|(_, p)| p.session.as_deref() == Some(session) && p.orig_id == orig_id.as_bytes())
-            .map(|(id, _)| *id)
+            .map(|(id, _)| *id)?;
+        pending.remove(&child_id);
+        Some(child_id)
     }
 
     async fn send_request(
@@ -606,6 +616,8 @@ pub enum CallEvent {
     Related(Bytes),
     /// The final response, caller's id restored; nothing follows.
     Final(Bytes),
+    /// The caller cancelled the request; nothing follows, and no response is due.
+    Cancelled,
 }
 
 /// A request in flight. Dropping it before its final response cancels it at the child.
@@ -633,7 +645,8 @@ impl Call {
                 self.finished = true;
                 match done {
                     Ok(bytes) => CallEvent::Final(bytes),
-                    Err(_) => self.failure(INTERNAL_ERROR, "request was abandoned"),
+                    // Only `cancel_for_caller` drops a pending entry without answering it.
+                    Err(_) => CallEvent::Cancelled,
                 }
             }
             () = tokio::time::sleep(timeout) => {
@@ -646,12 +659,13 @@ impl Call {
     }
 
     fn failure(&self, code: i64, message: &str) -> CallEvent {
-        let id = String::from_utf8_lossy(&self.orig_id()).into_owned();
+        let id = String::from_utf8_lossy(self.orig_id()).into_owned();
         CallEvent::Final(envelope::error_response(&id, code, message, None).into())
     }
 
-    fn orig_id(&self) -> Bytes {
-        self.orig_id.clone()
+    /// The caller's id for this request, exactly as it was sent.
+    pub fn orig_id(&self) -> &[u8] {
+        &self.orig_id
     }
 }
 
