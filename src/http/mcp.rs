@@ -438,7 +438,10 @@ async fn request(
             );
             return ApiError::unavailable("TOO_MANY_REQUESTS", msg, 1).into_response();
         }
-        match relay.call(body, env, Some(session.id.clone())).await {
+        match relay
+            .call(body, env, Some(session.id.clone()), accept.sse)
+            .await
+        {
             Ok(call) => return respond(call, accept, app.settings.request_timeout).await,
             Err(_) if attempts > 0 && !relay.usable() => continue,
             Err(e) => {
@@ -473,9 +476,15 @@ fn stream_call(mut call: Call, first: Bytes, timeout: Duration) -> Response<Body
                 event = call.next(timeout) => event,
             };
             match event {
+                // The child waits for an answer to its own request: wait for room, never drop it.
+                CallEvent::Related(message) if is_request(&message) => {
+                    if tx.send(message).await.is_err() {
+                        return; // the caller went away
+                    }
+                }
                 CallEvent::Related(message) => {
                     if tx.try_send(message).is_err() {
-                        debug!("related message dropped: caller is not keeping up");
+                        debug!("progress dropped: caller is not keeping up");
                     }
                 }
                 CallEvent::Final(message) => {
@@ -487,6 +496,12 @@ fn stream_call(mut call: Call, first: Bytes, timeout: Duration) -> Response<Body
         }
     });
     sse_response(SseBody::new(rx, None, Box::new(())))
+}
+
+/// True for a child's request (sampling, elicitation, ...) relayed on a caller's reply, as
+/// opposed to a progress notification.
+fn is_request(message: &[u8]) -> bool {
+    envelope::parse(message).is_ok_and(|env| env.kind == Kind::Request)
 }
 
 /// The reply to a request its caller cancelled before anything was sent: an SSE stream that

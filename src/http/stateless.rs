@@ -126,7 +126,7 @@ async fn bridge(
         return ApiError::unavailable("TOO_MANY_REQUESTS", msg, 1).into_response();
     }
     log_admitted(ctx, method, admitted);
-    match relay.call(body, env, None).await {
+    match relay.call(body, env, None, accept.sse).await {
         Ok(call) => respond(call, method, accept, app.settings.request_timeout).await,
         Err(e) => json_response(
             StatusCode::OK,

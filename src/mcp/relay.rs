@@ -33,6 +33,9 @@ struct Pending {
     orig_id: Bytes,
     orig_token: Option<Bytes>,
     session: Option<Arc<str>>,
+    /// Whether the caller's reply can carry messages before the response (it accepts SSE):
+    /// only such a reply may be offered the child's own requests.
+    streams: bool,
     related: mpsc::Sender<Bytes>,
     done: oneshot::Sender<Bytes>,
 }
@@ -192,12 +195,14 @@ impl Relay {
         })
     }
 
-    /// Sends a caller's request (its raw bytes and envelope) and returns the pending call.
+    /// Sends a caller's request (its raw bytes and envelope) and returns the pending call;
+    /// `streams` says whether its reply can carry messages before the response (SSE).
     pub async fn call(
         self: &Arc<Self>,
         message: &[u8],
         env: &Envelope<'_>,
         session: Option<Arc<str>>,
+        streams: bool,
     ) -> Result<Call, SendError> {
         let orig_id = env.id.map(|id| Bytes::copy_from_slice(id.get().as_bytes()));
         let orig_id = orig_id.unwrap_or_else(|| Bytes::from_static(b"null"));
@@ -213,7 +218,7 @@ impl Relay {
             edits.push((span, child_id_text.as_bytes()));
         }
         let line = Bytes::from(splice(message, &mut edits));
-        self.send_request(child_id, line, orig_id, orig_token, session)
+        self.send_request(child_id, line, orig_id, orig_token, session, streams)
             .await
     }
 
@@ -228,7 +233,14 @@ impl Relay {
             r#"{{"jsonrpc":"2.0","id":{child_id},"method":"initialize","params":{params}}}"#
         );
         let mut call = self
-            .send_request(child_id, line.into(), Bytes::from_static(b"0"), None, None)
+            .send_request(
+                child_id,
+                line.into(),
+                Bytes::from_static(b"0"),
+                None,
+                None,
+                false,
+            )
             .await
             .map_err(|e| InitError::Failed(e.to_string()))?;
         call.cancellable = false; // initialize must never be cancelled (MCP lifecycle)
@@ -287,6 +299,7 @@ impl Relay {
         orig_id: Bytes,
         orig_token: Option<Bytes>,
         session: Option<Arc<str>>,
+        streams: bool,
     ) -> Result<Call, SendError> {
         let (related_tx, related) = mpsc::channel(RELATED_QUEUE);
         let (done_tx, done) = oneshot::channel();
@@ -301,6 +314,7 @@ impl Relay {
                 orig_id: orig_id.clone(),
                 orig_token,
                 session,
+                streams,
                 related: related_tx,
                 done: done_tx,
             };
@@ -452,11 +466,13 @@ impl Relay {
         false
     }
 
-    /// Sessions with a request in flight, each with that request's reply channel.
+    /// Sessions with a request in flight whose reply can carry a request (SSE), each with
+    /// that request's reply channel.
     fn inflight_sessions(&self) -> Vec<(Arc<str>, mpsc::Sender<Bytes>)> {
         let pending = lock(&self.pending);
         pending
             .values()
+            .filter(|p| p.streams)
             .filter_map(|p| Some((p.session.clone()?, p.related.clone())))
             .collect()
     }
