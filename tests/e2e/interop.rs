@@ -20,7 +20,7 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(900);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Runs `tests/interop/setup.sh` once per test binary; every caller waits for that one run.
-fn ensure_setup() {
+pub fn ensure_setup() {
     static SETUP: OnceLock<Result<(), String>> = OnceLock::new();
     let outcome = SETUP.get_or_init(|| {
         let child = std::process::Command::new("bash")
@@ -53,11 +53,11 @@ fn ensure_setup() {
     }
 }
 
-fn venv_python() -> PathBuf {
+pub fn venv_python() -> PathBuf {
     repo_root().join("target/interop-venv/bin/python")
 }
 
-fn everything_entry() -> PathBuf {
+pub fn everything_entry() -> PathBuf {
     repo_root()
         .join("tests/interop/node_modules/@modelcontextprotocol/server-everything/dist/index.js")
 }

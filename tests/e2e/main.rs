@@ -10,6 +10,7 @@
 
 mod util;
 
+mod fidelity;
 mod http_errors;
 mod interop;
 mod lifecycle;
