@@ -461,7 +461,10 @@ async fn request(
         if let Some(reply) = control::answer(&relay, session, body, env, timeout).await {
             return single(reply, accept, Some(&to));
         }
-        match relay.call(body, env, Some(session.id.clone())).await {
+        match relay
+            .call(body, env, Some(session.id.clone()), accept.sse)
+            .await
+        {
             Ok(call) => return respond(call, accept, timeout, Some(to)).await,
             Err(_) if attempts > 0 && !relay.usable() => continue,
             Err(e) => {
@@ -490,6 +493,7 @@ async fn respond(
                     None => stream_call(call, first, timeout),
                 };
             }
+            CallEvent::Cancelled => return cancelled(&call, accept),
         }
     }
 }
@@ -506,19 +510,44 @@ fn stream_call(mut call: Call, first: Bytes, timeout: Duration) -> Response<Body
                 event = call.next(timeout) => event,
             };
             match event {
+                // The child waits for an answer to its own request: wait for room, never drop it.
+                CallEvent::Related(message) if is_request(&message) => {
+                    if tx.send(message).await.is_err() {
+                        return; // the caller went away
+                    }
+                }
                 CallEvent::Related(message) => {
                     if tx.try_send(message).is_err() {
-                        debug!("related message dropped: caller is not keeping up");
+                        debug!("progress dropped: caller is not keeping up");
                     }
                 }
                 CallEvent::Final(message) => {
                     let _ = tx.send(message).await; // a gone caller has nothing left to receive
                     return;
                 }
+                CallEvent::Cancelled => return, // the reply ends with no response
             }
         }
     });
     sse_response(SseBody::new(rx, None, Box::new(())))
+}
+
+/// True for a child's request (sampling, elicitation, ...) relayed on a caller's reply, as
+/// opposed to a progress notification.
+pub(super) fn is_request(message: &[u8]) -> bool {
+    envelope::parse(message).is_ok_and(|env| env.kind == Kind::Request)
+}
+
+/// The reply to a request its caller cancelled before anything was sent: an SSE stream that
+/// ends at once (no response is due), or, for a caller that takes only JSON, an error.
+pub(super) fn cancelled(call: &Call, accept: Accept) -> Response<Body> {
+    if accept.sse {
+        let (_, rx) = mpsc::channel(1);
+        return sse_response(SseBody::new(rx, None, Box::new(())));
+    }
+    let id = String::from_utf8_lossy(call.orig_id()).into_owned();
+    let reply = envelope::error_response(&id, INTERNAL_ERROR, "request was cancelled", None);
+    json_response(StatusCode::OK, reply.into())
 }
 
 async fn notification(
@@ -544,7 +573,8 @@ async fn notification(
     empty(StatusCode::ACCEPTED)
 }
 
-/// Rewrites a caller's cancellation into the child's id space; `None` for unknown ids.
+/// Rewrites a caller's cancellation into the child's id space, ending the request on our
+/// side; `None` for ids the session has not in flight (dropped, as MCP allows).
 fn cancelled_for_child(
     relay: &Relay,
     session: &Session,
@@ -552,7 +582,7 @@ fn cancelled_for_child(
     env: &Envelope<'_>,
 ) -> Option<Bytes> {
     let request_id = envelope::cancelled_request_id(env.params)?;
-    let child_id = relay.child_id_of(&session.id, request_id.get())?;
+    let child_id = relay.cancel_for_caller(&session.id, request_id.get())?;
     let span = span_of(body, request_id.get())?;
     Some(splice(body, &mut [(span, child_id.to_string().as_bytes())]).into())
 }

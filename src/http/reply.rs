@@ -18,7 +18,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::debug;
 
 use super::body::{Body, SseBody};
-use super::mcp::sse_response;
+use super::mcp::{is_request, sse_response};
 use crate::mcp::call::{Call, CallEvent};
 use crate::mcp::session::{Attached, Session, Sessions};
 
@@ -92,16 +92,41 @@ async fn pump(
             event = call.next(timeout) => event,
         };
         match event {
+            // The child waits for an answer to its own request: wait for room, never drop it.
+            CallEvent::Related(message) if is_request(&message) => {
+                wait_for_room(&to, number, timeout).await;
+                to.session.record(number, &message);
+            }
+            // Progress is lossy by nature (MCP: senders should rate-limit it); a reader that
+            // is behind loses surplus progress rather than its connection.
             CallEvent::Related(message) => {
-                to.session.record(number, &message); // buffered for resumption if nobody reads
+                if to.session.live_is_full(number) {
+                    debug!(session = %to.session.id, stream = number, "progress dropped: caller is not keeping up");
+                } else {
+                    to.session.record(number, &message); // buffered for resumption if nobody reads
+                }
             }
             CallEvent::Final(message) => {
+                wait_for_room(&to, number, timeout).await;
                 to.session.record(number, &message);
                 to.session.finish(number);
                 return;
             }
+            CallEvent::Cancelled => {
+                to.session.finish(number); // the reply ends with no response
+                return;
+            }
         }
     }
+}
+
+/// Waits, at most `timeout`, until the live reader of stream `number` has room for one
+/// more event; a reader stalled past that is cut off by the next record (it can resume).
+async fn wait_for_room(to: &Replying, number: u64, timeout: Duration) {
+    let Some(tx) = to.session.live_sender(number) else {
+        return;
+    };
+    let _ = tokio::time::timeout(timeout, tx.reserve()).await; // the permit is released at once
 }
 
 /// Resolves once the stream has had no connection for `grace` (or is gone).

@@ -126,7 +126,7 @@ async fn bridge(
         return ApiError::unavailable("TOO_MANY_REQUESTS", msg, 1).into_response();
     }
     log_admitted(ctx, method, admitted);
-    match relay.call(body, env, None).await {
+    match relay.call(body, env, None, accept.sse).await {
         Ok(call) => respond(call, method, accept, app.settings.request_timeout).await,
         Err(e) => json_response(
             StatusCode::OK,
@@ -182,6 +182,7 @@ async fn respond(
             }
             CallEvent::Related(_) if !accept.sse => continue, // JSON-only caller: nowhere to put it
             CallEvent::Related(first) => return stream(call, first, method.to_owned(), timeout),
+            CallEvent::Cancelled => return super::mcp::cancelled(&call, accept),
         }
     }
 }
@@ -218,6 +219,7 @@ fn stream(mut call: Call, first: Bytes, method: String, timeout: Duration) -> Re
                     let _ = tx.send(reply).await; // a gone caller has nothing left to receive
                     return;
                 }
+                CallEvent::Cancelled => return,
             }
         }
     });

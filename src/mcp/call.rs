@@ -20,6 +20,8 @@ pub enum CallEvent {
     Related(Bytes),
     /// The final response, caller's id restored; nothing follows.
     Final(Bytes),
+    /// The caller cancelled the request; nothing follows, and no response is due.
+    Cancelled,
 }
 
 /// A request in flight. Dropping it before its final response cancels it at the child.
@@ -72,7 +74,8 @@ impl Call {
                 self.finished = true;
                 match done {
                     Ok(bytes) => CallEvent::Final(bytes),
-                    Err(_) => self.failure(INTERNAL_ERROR, "request was abandoned"),
+                    // Only `cancel_for_caller` drops a pending entry without answering it.
+                    Err(_) => CallEvent::Cancelled,
                 }
             }
             () = tokio::time::sleep(timeout) => {
@@ -85,12 +88,13 @@ impl Call {
     }
 
     fn failure(&self, code: i64, message: &str) -> CallEvent {
-        let id = String::from_utf8_lossy(&self.orig_id()).into_owned();
+        let id = String::from_utf8_lossy(self.orig_id()).into_owned();
         CallEvent::Final(envelope::error_response(&id, code, message, None).into())
     }
 
-    fn orig_id(&self) -> Bytes {
-        self.orig_id.clone()
+    /// The caller's id for this request, exactly as it was sent.
+    pub fn orig_id(&self) -> &[u8] {
+        &self.orig_id
     }
 }
 

@@ -38,6 +38,9 @@ struct Pending {
     orig_id: Bytes,
     orig_token: Option<Bytes>,
     session: Option<Arc<str>>,
+    /// Whether the caller's reply can carry messages before the response (it accepts SSE):
+    /// only such a reply may be offered the child's own requests.
+    streams: bool,
     related: mpsc::Sender<Bytes>,
     done: oneshot::Sender<Bytes>,
 }
@@ -195,12 +198,14 @@ impl Relay {
         })
     }
 
-    /// Sends a caller's request (its raw bytes and envelope) and returns the pending call.
+    /// Sends a caller's request (its raw bytes and envelope) and returns the pending call;
+    /// `streams` says whether its reply can carry messages before the response (SSE).
     pub async fn call(
         self: &Arc<Self>,
         message: &[u8],
         env: &Envelope<'_>,
         session: Option<Arc<str>>,
+        streams: bool,
     ) -> Result<Call, SendError> {
         let orig_id = env.id.map(|id| Bytes::copy_from_slice(id.get().as_bytes()));
         let orig_id = orig_id.unwrap_or_else(|| Bytes::from_static(b"null"));
@@ -216,7 +221,7 @@ impl Relay {
             edits.push((span, child_id_text.as_bytes()));
         }
         let line = Bytes::from(splice(message, &mut edits));
-        self.send_request(child_id, line, orig_id, orig_token, session)
+        self.send_request(child_id, line, orig_id, orig_token, session, streams)
             .await
     }
 
@@ -231,7 +236,14 @@ impl Relay {
             r#"{{"jsonrpc":"2.0","id":{child_id},"method":"initialize","params":{params}}}"#
         );
         let mut call = self
-            .send_request(child_id, line.into(), Bytes::from_static(b"0"), None, None)
+            .send_request(
+                child_id,
+                line.into(),
+                Bytes::from_static(b"0"),
+                None,
+                None,
+                false,
+            )
             .await
             .map_err(|e| InitError::Failed(e.to_string()))?;
         call.uncancellable(); // initialize must never be cancelled (MCP lifecycle)
@@ -239,6 +251,10 @@ impl Relay {
             match call.next(timeout).await {
                 CallEvent::Related(_) => continue,
                 CallEvent::Final(bytes) => break bytes,
+                // No caller owns this request, so none can cancel it.
+                CallEvent::Cancelled => {
+                    return Err(InitError::Failed("initialize was cancelled".into()));
+                }
             }
         };
         let result = match init_result(&reply) {
@@ -287,7 +303,7 @@ impl Relay {
         env: &Envelope<'_>,
         timeout: Duration,
     ) -> Bytes {
-        let mut call = match self.call(message, env, None).await {
+        let mut call = match self.call(message, env, None, false).await {
             Ok(call) => call,
             Err(e) => {
                 let id = env.id.map_or("null", |id| id.get());
@@ -309,13 +325,19 @@ impl Relay {
             .map_err(|e| SendError::Gone(e.to_string()))
     }
 
-    /// The child-side id of a caller's in-flight request, for `notifications/cancelled`.
-    pub fn child_id_of(&self, session: &str, orig_id: &str) -> Option<u64> {
-        let pending = lock(&self.pending);
-        pending
+    /// A caller's `notifications/cancelled` for its own in-flight request: forgets the
+    /// request (whatever the child still sends for it is dropped, and its [`Call`] ends with
+    /// [`CallEvent::Cancelled`]) and returns the child-side id to cancel. Forgetting it here
+    /// is what keeps the child from getting a second cancellation when the caller then
+    /// closes the reply.
+    pub fn cancel_for_caller(&self, session: &str, orig_id: &str) -> Option<u64> {
+        let mut pending = lock(&self.pending);
+        let child_id = pending
             .iter()
             .find(|(_, p)| p.session.as_deref() == Some(session) && p.orig_id == orig_id.as_bytes())
-            .map(|(id, _)| *id)
+            .map(|(id, _)| *id)?;
+        pending.remove(&child_id);
+        Some(child_id)
     }
 
     async fn send_request(
@@ -325,6 +347,7 @@ impl Relay {
         orig_id: Bytes,
         orig_token: Option<Bytes>,
         session: Option<Arc<str>>,
+        streams: bool,
     ) -> Result<Call, SendError> {
         let (related_tx, related) = mpsc::channel(RELATED_QUEUE);
         let (done_tx, done) = oneshot::channel();
@@ -339,6 +362,7 @@ impl Relay {
                 orig_id: orig_id.clone(),
                 orig_token,
                 session,
+                streams,
                 related: related_tx,
                 done: done_tx,
             };
@@ -492,11 +516,13 @@ impl Relay {
         false
     }
 
-    /// Sessions with a request in flight, each with that request's reply channel.
+    /// Sessions with a request in flight whose reply can carry a request (SSE), each with
+    /// that request's reply channel.
     fn inflight_sessions(&self) -> Vec<(Arc<str>, mpsc::Sender<Bytes>)> {
         let pending = lock(&self.pending);
         pending
             .values()
+            .filter(|p| p.streams)
             .filter_map(|p| Some((p.session.clone()?, p.related.clone())))
             .collect()
     }

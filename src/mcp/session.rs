@@ -67,6 +67,16 @@ impl Session {
         lock(&self.streams).record(number, message)
     }
 
+    /// The sender of stream `number`'s live connection, to wait for room on it.
+    pub fn live_sender(&self, number: u64) -> Option<mpsc::Sender<Bytes>> {
+        lock(&self.streams).live_sender(number)
+    }
+
+    /// True when stream `number`'s live reader is behind (its queue is full).
+    pub fn live_is_full(&self, number: u64) -> bool {
+        lock(&self.streams).live_is_full(number)
+    }
+
     /// Marks reply stream `number` complete.
     pub fn finish(&self, number: u64) {
         lock(&self.streams).finish(number);

@@ -340,6 +340,18 @@ impl Streams {
         }
     }
 
+    /// The sender of stream `number`'s live connection, to wait for room on it.
+    pub fn live_sender(&mut self, number: u64) -> Option<mpsc::Sender<Bytes>> {
+        Some(self.stream(number)?.live.as_ref()?.tx.clone())
+    }
+
+    /// True when stream `number` has a live connection whose queue is full: the reader is
+    /// behind, and recording another event would cut it off.
+    pub fn live_is_full(&mut self, number: u64) -> bool {
+        let live = self.stream(number).and_then(|s| s.live.as_ref());
+        live.is_some_and(|live| live.tx.capacity() == 0)
+    }
+
     /// Records `message` as the next event of stream `number`; true when a live connection
     /// took it (false: buffered only, or no such stream).
     pub fn record(&mut self, number: u64, message: &[u8]) -> bool {

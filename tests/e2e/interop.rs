@@ -57,7 +57,7 @@ pub(crate) fn venv_python() -> PathBuf {
     repo_root().join("target/interop-venv/bin/python")
 }
 
-fn everything_entry() -> PathBuf {
+pub fn everything_entry() -> PathBuf {
     repo_root()
         .join("tests/interop/node_modules/@modelcontextprotocol/server-everything/dist/index.js")
 }

@@ -11,6 +11,7 @@
 mod util;
 
 mod admin;
+mod fidelity;
 mod http_errors;
 mod interop;
 mod lifecycle;
