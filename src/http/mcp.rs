@@ -490,7 +490,7 @@ async fn respond(
             CallEvent::Related(first) => {
                 return match to {
                     Some(to) => to.stream(call, first, timeout),
-                    None => stream_call(call, first, timeout),
+                    None => stream_call(call, first, timeout, |reply| reply),
                 };
             }
             CallEvent::Cancelled => return cancelled(&call, accept),
@@ -498,7 +498,14 @@ async fn respond(
     }
 }
 
-fn stream_call(mut call: Call, first: Bytes, timeout: Duration) -> Response<Body> {
+/// A reply that is not resumable: progress and the child's requests, then the final reply
+/// passed through `finish`, as SSE.
+pub(super) fn stream_call(
+    mut call: Call,
+    first: Bytes,
+    timeout: Duration,
+    finish: impl FnOnce(Bytes) -> Bytes + Send + 'static,
+) -> Response<Body> {
     let (tx, rx) = mpsc::channel(REPLY_QUEUE);
     let _ = tx.try_send(first); // fresh channel with room: cannot fail
     // Owned by the response body: ends at the final message, or when the body is dropped
@@ -522,7 +529,8 @@ fn stream_call(mut call: Call, first: Bytes, timeout: Duration) -> Response<Body
                     }
                 }
                 CallEvent::Final(message) => {
-                    let _ = tx.send(message).await; // a gone caller has nothing left to receive
+                    // A gone caller has nothing left to receive.
+                    let _ = tx.send(finish(message)).await;
                     return;
                 }
                 CallEvent::Cancelled => return, // the reply ends with no response

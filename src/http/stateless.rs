@@ -13,13 +13,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
-use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::App;
-use super::body::{Body, SseBody};
+use super::body::Body;
 use super::error::{ApiError, empty, json_response};
-use super::mcp::{Accept, Ctx, SESSION_HEADER, VERSION_HEADER, single, sse_response, start_failed};
+use super::mcp::{Accept, Ctx, SESSION_HEADER, VERSION_HEADER, single, start_failed};
 use crate::mcp::call::{Call, CallEvent};
 use crate::mcp::envelope::{self, Envelope, INTERNAL_ERROR, Kind, METHOD_NOT_FOUND};
 use crate::mcp::stateless::{self as rules, Admitted, Header, Headers, Rejection, RequestMeta};
@@ -28,8 +27,6 @@ use crate::mcp::stateless::{self as rules, Admitted, Header, Headers, Rejection,
 pub const METHOD_HEADER: &str = "mcp-method";
 /// The name header of 2026-07-28.
 pub const NAME_HEADER: &str = "mcp-name";
-/// Messages queued on a streamed reply before progress is dropped (a slow reader).
-const REPLY_QUEUE: usize = 64;
 
 /// Serves `env` if it is a stateless-era message; `None` leaves it to the session era.
 pub(super) async fn serve(
@@ -196,34 +193,12 @@ fn final_reply(reply: Bytes, accept: Accept) -> Response<Body> {
     single(reply, accept, None)
 }
 
-/// Progress, then the final reply, as SSE. Owned by the response body: the pump ends
-/// at the final reply, or when the body is dropped (the caller closed the stream, which
-/// in this era is cancellation): dropping the call tells the child `notifications/cancelled`.
-fn stream(mut call: Call, first: Bytes, method: String, timeout: Duration) -> Response<Body> {
-    let (tx, rx) = mpsc::channel(REPLY_QUEUE);
-    let _ = tx.try_send(first); // fresh channel with room: cannot fail
-    tokio::spawn(async move {
-        loop {
-            let event = tokio::select! {
-                () = tx.closed() => return,
-                event = call.next(timeout) => event,
-            };
-            match event {
-                CallEvent::Related(message) => {
-                    if tx.try_send(message).is_err() {
-                        debug!("progress dropped: caller is not keeping up");
-                    }
-                }
-                CallEvent::Final(reply) => {
-                    let reply = rules::complete_reply(&method, reply);
-                    let _ = tx.send(reply).await; // a gone caller has nothing left to receive
-                    return;
-                }
-                CallEvent::Cancelled => return,
-            }
-        }
-    });
-    sse_response(SseBody::new(rx, None, Box::new(())))
+/// Progress, then the final reply, as SSE. Closing the stream is cancellation in this
+/// era: dropping the call tells the child `notifications/cancelled`.
+fn stream(call: Call, first: Bytes, method: String, timeout: Duration) -> Response<Body> {
+    super::mcp::stream_call(call, first, timeout, move |reply| {
+        rules::complete_reply(&method, reply)
+    })
 }
 
 #[cfg(test)]
