@@ -134,6 +134,34 @@ pub struct Daemon {
     http: reqwest::Client,
 }
 
+/// Longest a dropped daemon gets to stop its children before it is killed.
+const DROP_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Drop for Daemon {
+    /// A test that ends without `stop()` still must not leave the daemon's children behind:
+    /// SIGKILL (`kill_on_drop`) would orphan any child that ignores stdin EOF. So ask the
+    /// daemon to stop them (SIGTERM), and give it a bounded time. Drop cannot await, and no
+    /// event reports another process's exit to synchronous code, so this polls `try_wait`.
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return; // already exited (or not ours to wait for)
+        }
+        // Never panic in drop (it may run while a failed test unwinds).
+        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+        if nix::sys::signal::kill(pid, Signal::SIGTERM).is_err() {
+            return;
+        }
+        let deadline = std::time::Instant::now() + DROP_STOP_TIMEOUT;
+        while std::time::Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Still running: `kill_on_drop` ends it when `child` drops.
+    }
+}
+
 impl Daemon {
     /// Starts `mcpmux serve` on ephemeral tenant and admin ports, serving `clients`.
     pub async fn start(clients: &TempClients, extra_args: &[&str]) -> Daemon {
