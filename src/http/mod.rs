@@ -5,7 +5,7 @@
 mod body;
 mod error;
 pub mod mcp;
-mod tenant;
+pub mod tenant;
 
 use std::convert::Infallible;
 use std::sync::Arc;
