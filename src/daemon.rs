@@ -74,6 +74,10 @@ async fn run(args: ServeArgs, settings: Arc<Settings>) -> anyhow::Result<()> {
     );
 
     let shutdown = CancellationToken::new();
+    if let Some(handle) = &metrics {
+        // Ends with the daemon; without it histogram samples pile up between scrapes.
+        tokio::spawn(crate::metrics::run_upkeep(handle.clone(), shutdown.clone()));
+    }
     let pool = Pool::new(registry.clone(), settings.clone());
     let (reload, watcher) = start_watcher(&settings, &registry, &pool, &shutdown)?;
     let (mcp_listener, admin_listener) = bind(&args).await?;
