@@ -102,8 +102,9 @@ pub async fn run(spec: &Spec) -> Result<(Run, Extra), String> {
         rps: n as f64 / wall,
         lat: Latency::of(lat),
         errors,
-        gateway_cpu_us: cpu.and_then(|(g, _)| per_call(g)),
-        backend_cpu_us: cpu.and_then(|(_, c)| per_call(c)),
+        gateway_cpu_us: cpu.and_then(|(g, _, _)| per_call(g)),
+        backend_cpu_us: cpu.and_then(|(_, c, _)| per_call(c)),
+        driver_cpu_us: cpu.and_then(|(_, _, d)| per_call(d)),
     };
     Ok((
         run,
@@ -161,9 +162,14 @@ async fn sample(
     measure_from: Instant,
     end: Instant,
     every: Option<Duration>,
-) -> (Option<(f64, f64)>, Vec<(f64, u64)>) {
+) -> (Option<(f64, f64, f64)>, Vec<(f64, u64)>) {
     tokio::time::sleep_until(measure_from.into()).await;
-    let (g0, c0) = (procs::cpu_s(pid), procs::descendants_cpu_s(pid));
+    let me = std::process::id() as i32;
+    let (g0, c0, d0) = (
+        procs::cpu_s(pid),
+        procs::descendants_cpu_s(pid),
+        procs::cpu_s(me),
+    );
     let mut rss = Vec::new();
     if let Some(every) = every {
         let mut next = measure_from;
@@ -177,8 +183,12 @@ async fn sample(
         }
     }
     tokio::time::sleep_until(end.into()).await;
-    let (g1, c1) = (procs::cpu_s(pid), procs::descendants_cpu_s(pid));
-    (Some((g1 - g0, c1 - c0)), rss)
+    let (g1, c1, d1) = (
+        procs::cpu_s(pid),
+        procs::descendants_cpu_s(pid),
+        procs::cpu_s(me),
+    );
+    (Some((g1 - g0, c1 - c0, d1 - d0)), rss)
 }
 
 /// Runs `spec` and prints one line for it.

@@ -25,6 +25,7 @@
     reason = "a benchmark's report is its output"
 )]
 
+mod floor;
 mod http;
 mod load;
 mod mcp;
@@ -184,6 +185,9 @@ impl Row {
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.iter().any(|a| a == floor::FLAG) {
+        return floor::serve();
+    }
     let args = match Args::parse(&argv) {
         Ok(a) => a,
         Err(e) => {
@@ -353,6 +357,7 @@ async fn compare(
 ) -> Result<(), String> {
     let dir = demo_dir(work)?;
     let daemon = Daemon::start(&dir, &[])?;
+    let floor = Daemon::start_floor()?;
     let mut peers = Vec::new();
     if a.wants("peers") {
         let (found, missing) = procs::peers(18_190);
@@ -387,6 +392,7 @@ async fn compare(
         Series::default(),
         Series::default(),
     );
+    let (mut f1, mut fc) = (Series::default(), Series::default());
     let mut peer1: Vec<Series> = peers.iter().map(|_| Series::default()).collect();
     let mut peerc: Vec<Series> = peers.iter().map(|_| Series::default()).collect();
     let res = async {
@@ -402,6 +408,9 @@ async fn compare(
                 seq.runs.push(r);
                 let s = spec(&daemon.url, Some("demo"), 1, a, daemon.pid())?;
                 m1.runs.push(load::run_and_print("mcpmux", &s).await?.0);
+                let s = spec(&floor.url, None, 1, a, floor.pid())?;
+                f1.runs
+                    .push(load::run_and_print("HTTP floor (no child)", &s).await?.0);
                 for (i, (name, proc, url)) in peers.iter().enumerate() {
                     let s = spec(url, None, 1, a, proc.pid())?;
                     peer1[i].runs.push(load::run_and_print(name, &s).await?.0);
@@ -414,6 +423,9 @@ async fn compare(
                 pipe.runs.push(r);
                 let s = spec(&daemon.url, Some("demo"), c, a, daemon.pid())?;
                 mc.runs.push(load::run_and_print("mcpmux", &s).await?.0);
+                let s = spec(&floor.url, None, c, a, floor.pid())?;
+                fc.runs
+                    .push(load::run_and_print("HTTP floor (no child)", &s).await?.0);
                 for (i, (name, proc, url)) in peers.iter().enumerate() {
                     let s = spec(url, None, c, a, proc.pid())?;
                     peerc[i].runs.push(load::run_and_print(name, &s).await?.0);
@@ -427,6 +439,7 @@ async fn compare(
         eprintln!("mcpmux log tail:\n{}", daemon.proc.tail());
     }
     daemon.stop();
+    floor.stop();
     let peer_names: Vec<&str> = peers.iter().map(|(name, _, _)| *name).collect();
     for (_, proc, _) in peers {
         proc.stop(Duration::from_secs(2));
@@ -448,7 +461,7 @@ async fn compare(
                     "{} (direct stdio, sequential)",
                     us(&seq.spread(|r| r.lat.p50))
                 ),
-                format!("+{} µs", diff.show(0)),
+                format!("{} µs", diff.show_signed(0)),
                 "≤ direct + 100 µs",
             )
             .judged(d <= 100.0, format!("missed by {:.0} µs", d - 100.0)),
@@ -462,10 +475,28 @@ async fn compare(
                 &format!("latency c=1, {name}"),
                 us(&m1.spread(f)),
                 us(&seq.spread(f)),
-                format!("+{} µs", per_round(&m1, &seq, &|m, s| f(m) - f(s)).show(0)),
+                format!(
+                    "{} µs",
+                    per_round(&m1, &seq, &|m, s| f(m) - f(s)).show_signed(0)
+                ),
                 "",
             ));
         }
+        let own = Spread(
+            m1.runs
+                .iter()
+                .zip(&f1.runs)
+                .zip(&seq.runs)
+                .map(|((m, f), s)| m.lat.p50 - f.lat.p50 - s.lat.p50)
+                .collect(),
+        );
+        rows.push(Row::new(
+            "latency c=1, p50: HTTP floor (no child)",
+            us(&m1.spread(|r| r.lat.p50)),
+            format!("{} (hyper answering itself)", us(&f1.spread(|r| r.lat.p50))),
+            format!("mcpmux − floor − direct: {} µs", own.show_signed(0)),
+            "",
+        ));
         rows.push(Row::new(
             "CPU per call c=1, mcpmux process",
             us(&m1.spread(|r| r.gateway_cpu_us.unwrap_or(f64::NAN))),
@@ -493,6 +524,13 @@ async fn compare(
             )
             .judged(r >= 0.8, format!("missed: {:.2}× of 0.8×", r)),
         );
+        rows.push(Row::new(
+            &format!("throughput c={c}: HTTP floor (no child)"),
+            mc.spread(|r| r.rps).show(0),
+            format!("{} (hyper answering itself)", fc.spread(|r| r.rps).show(0)),
+            format!("{}×", per_round(&mc, &fc, &|m, f| m.rps / f.rps).show(2)),
+            "",
+        ));
         let tail = mc.spread(|r| r.lat.p99 / r.lat.p50);
         let t = tail.median();
         rows.push(
@@ -570,6 +608,7 @@ async fn compare(
         json!({
             "direct_stdio_sequential": seq.json(), "direct_stdio_pipelined": pipe.json(),
             "mcpmux_c1": m1.json(), "mcpmux_c": mc.json(), "peers": peers_json,
+            "http_floor_c1": f1.json(), "http_floor_c": fc.json(),
         }),
     );
     Ok(())
@@ -609,7 +648,12 @@ fn memory_rows(m: &scale::Memory, rows: &mut Vec<Row>) {
             &format!("RSS per idle GET stream ({})", m.streams),
             format!("{:.2} KiB", m.per_stream_kb),
             String::new(),
-            format!("{} after closing them", mib(m.after_streams_closed_kb)),
+            format!(
+                "RSS {} after closing them; {} when reopened, {} closed again",
+                mib(m.after_streams_closed_kb),
+                mib(m.reopened_kb),
+                mib(m.after_second_close_kb)
+            ),
             "≤ 16 KiB",
         )
         .judged(
@@ -660,7 +704,7 @@ fn cold_rows(c: &scale::Cold, rows: &mut Vec<Row>) {
                 "{:.2} ms (child spawn + initialize, direct)",
                 median_of(&c.direct_ms)
             ),
-            format!("+{} ms", over.show(2)),
+            format!("{} ms", over.show_signed(2)),
             "≤ +5 ms",
         )
         .judged(o <= 5.0, format!("missed by {:.2} ms", o - 5.0)),

@@ -112,8 +112,19 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `mcpmux serve` on ephemeral ports over `clients`, with `extra` flags.
+    /// `MCPMUX_BENCH_WRAP` (e.g. `valgrind --tool=massif`) runs the daemon under a tool;
+    /// figures taken that way are for profiles, not for the table.
     pub fn start(clients: &Path, extra: &[&str]) -> Result<Self, String> {
-        let mut cmd = Command::new(MCPMUX);
+        let wrap = std::env::var("MCPMUX_BENCH_WRAP").unwrap_or_default();
+        let mut words = wrap.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(tool) => {
+                let mut c = Command::new(tool);
+                c.args(words).arg(MCPMUX);
+                c
+            }
+            None => Command::new(MCPMUX),
+        };
         cmd.args([
             "serve",
             "--listen",
@@ -133,14 +144,27 @@ impl Daemon {
         .args(extra)
         // Info keeps the listening lines and drops the per-request debug line.
         .env("RUST_LOG", "info");
-        let (proc, rx) = Proc::spawn("mcpmux", cmd, Some("listening on http://"))?;
+        Self::from_command("mcpmux", cmd)
+    }
+
+    /// Starts the HTTP floor server (this binary, re-executed; see `floor.rs`).
+    pub fn start_floor() -> Result<Self, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
+        let mut cmd = Command::new(exe);
+        cmd.arg(crate::floor::FLAG);
+        Self::from_command("http floor", cmd)
+    }
+
+    /// Runs `cmd` and waits for its `listening on http://ADDR/mcp` line.
+    fn from_command(name: &str, cmd: Command) -> Result<Self, String> {
+        let (proc, rx) = Proc::spawn(name, cmd, Some("listening on http://"))?;
         let mut url = None;
         let deadline = Instant::now() + Duration::from_secs(20);
         while url.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx
                 .recv_timeout(left)
-                .map_err(|_| format!("mcpmux did not report its addresses:\n{}", proc.tail()))?;
+                .map_err(|_| format!("{name} did not report its address:\n{}", proc.tail()))?;
             if line.contains("admin listening") {
                 continue;
             }

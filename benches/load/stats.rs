@@ -54,6 +54,8 @@ pub struct Run {
     pub gateway_cpu_us: Option<f64>,
     /// CPU time of the backend child (or children) per call, when known.
     pub backend_cpu_us: Option<f64>,
+    /// CPU time of this driver per call (it shares the two cores with the rest).
+    pub driver_cpu_us: Option<f64>,
 }
 
 impl Run {
@@ -62,6 +64,7 @@ impl Run {
             "rps": self.rps.round(), "errors": self.errors, "latency": self.lat.json(),
             "gateway_cpu_us_per_call": self.gateway_cpu_us.map(round1),
             "backend_cpu_us_per_call": self.backend_cpu_us.map(round1),
+            "driver_cpu_us_per_call": self.driver_cpu_us.map(round1),
         })
     }
 
@@ -74,10 +77,22 @@ impl Run {
             self.lat.p99,
             self.lat.max,
             self.errors,
-            match (self.gateway_cpu_us, self.backend_cpu_us) {
-                (Some(g), Some(b)) => format!("  cpu/call gateway {g:.1} us, backend {b:.1} us"),
-                (Some(g), None) => format!("  cpu/call gateway {g:.1} us"),
-                _ => String::new(),
+            {
+                let mut cpu = Vec::new();
+                if let Some(g) = self.gateway_cpu_us {
+                    cpu.push(format!("gateway {g:.1}"));
+                }
+                if let Some(b) = self.backend_cpu_us {
+                    cpu.push(format!("backend {b:.1}"));
+                }
+                if let Some(d) = self.driver_cpu_us {
+                    cpu.push(format!("driver {d:.1}"));
+                }
+                if cpu.is_empty() {
+                    String::new()
+                } else {
+                    format!("  cpu/call us: {}", cpu.join(", "))
+                }
             }
         )
     }
@@ -122,6 +137,25 @@ impl Spread {
         }
         format!(
             "{:.*} [{:.*}–{:.*}]",
+            digits,
+            self.median(),
+            digits,
+            self.min(),
+            digits,
+            self.max()
+        )
+    }
+
+    /// Like [`Spread::show`], every value with its sign.
+    pub fn show_signed(&self, digits: usize) -> String {
+        if self.0.is_empty() {
+            return "n/a".into();
+        }
+        if self.0.len() == 1 {
+            return format!("{:+.*}", digits, self.0[0]);
+        }
+        format!(
+            "{:+.*} [{:+.*}–{:+.*}]",
             digits,
             self.median(),
             digits,

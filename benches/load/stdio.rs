@@ -128,6 +128,7 @@ pub async fn sequential(
     let mut b = Backend::spawn(command)?;
     b.handshake().await?;
     let pid = b.pid();
+    let me = std::process::id() as i32;
     let start = Instant::now();
     let measure_from = start + warmup;
     let end = measure_from + duration;
@@ -142,7 +143,7 @@ pub async fn sequential(
             break;
         }
         if now >= measure_from && cpu0.is_none() {
-            cpu0 = Some(crate::procs::cpu_s(pid));
+            cpu0 = Some((crate::procs::cpu_s(pid), crate::procs::cpu_s(me)));
         }
         id += 1;
         mcp::echo_call(&mut line, id);
@@ -160,7 +161,9 @@ pub async fn sequential(
     let wall = Instant::now()
         .saturating_duration_since(measure_from)
         .as_secs_f64();
-    let cpu = crate::procs::cpu_s(pid) - cpu0.unwrap_or(0.0);
+    let (c0, d0) = cpu0.unwrap_or((0.0, 0.0));
+    let cpu = crate::procs::cpu_s(pid) - c0;
+    let driver = crate::procs::cpu_s(me) - d0;
     b.close().await;
     let n = lat.len();
     Ok(Run {
@@ -169,6 +172,7 @@ pub async fn sequential(
         errors,
         gateway_cpu_us: None,
         backend_cpu_us: (n > 0).then(|| cpu * 1e6 / n as f64),
+        driver_cpu_us: (n > 0).then(|| driver * 1e6 / n as f64),
     })
 }
 
@@ -182,6 +186,7 @@ pub async fn pipelined(
     let mut b = Backend::spawn(command)?;
     b.handshake().await?;
     let pid = b.pid();
+    let me = std::process::id() as i32;
     let Backend {
         child,
         mut stdin,
@@ -259,7 +264,7 @@ pub async fn pipelined(
             continue;
         }
         if cpu0.is_none() {
-            cpu0 = Some(crate::procs::cpu_s(pid));
+            cpu0 = Some((crate::procs::cpu_s(pid), crate::procs::cpu_s(me)));
         }
         if mcp::check(line.as_bytes(), id, true).is_err() {
             errors += 1;
@@ -268,7 +273,9 @@ pub async fn pipelined(
         last_done = last_done.max(done);
         lat.push(done - at);
     }
-    let cpu = crate::procs::cpu_s(pid) - cpu0.unwrap_or(0.0);
+    let (c0, d0) = cpu0.unwrap_or((0.0, 0.0));
+    let cpu = crate::procs::cpu_s(pid) - c0;
+    let driver = crate::procs::cpu_s(me) - d0;
     let stdin = stdin.ok_or("writer did not finish")?;
     Backend {
         child,
@@ -287,5 +294,6 @@ pub async fn pipelined(
         errors,
         gateway_cpu_us: None,
         backend_cpu_us: (n > 0).then(|| cpu * 1e6 / n as f64),
+        driver_cpu_us: (n > 0).then(|| driver * 1e6 / n as f64),
     })
 }
