@@ -497,12 +497,19 @@ async fn compare(
             format!("mcpmux − floor − direct: {} µs", own.show_signed(0)),
             "",
         ));
+        let cpu =
+            |s: &Series, f: fn(&Run) -> Option<f64>| us(&s.spread(|r| f(r).unwrap_or(f64::NAN)));
         rows.push(Row::new(
-            "CPU per call c=1, mcpmux process",
-            us(&m1.spread(|r| r.gateway_cpu_us.unwrap_or(f64::NAN))),
+            "CPU per call c=1: mcpmux process / child",
             format!(
-                "{} (backend, direct)",
-                us(&seq.spread(|r| r.backend_cpu_us.unwrap_or(f64::NAN)))
+                "{} / {}",
+                cpu(&m1, |r| r.gateway_cpu_us),
+                cpu(&m1, |r| r.backend_cpu_us)
+            ),
+            format!(
+                "direct: – / {}; HTTP floor: {} / –",
+                cpu(&seq, |r| r.backend_cpu_us),
+                cpu(&f1, |r| r.gateway_cpu_us)
             ),
             String::new(),
             "",
@@ -551,16 +558,22 @@ async fn compare(
             )
             .judged(t <= 5.0, format!("missed: p99 = {t:.1} × p50")),
         );
+        let cpu =
+            |s: &Series, f: fn(&Run) -> Option<f64>| us(&s.spread(|r| f(r).unwrap_or(f64::NAN)));
         rows.push(Row::new(
-            &format!("CPU per call c={c}: mcpmux process, child"),
+            &format!("CPU per call c={c}: mcpmux process / child / driver"),
             format!(
-                "{}, {}",
-                us(&mc.spread(|r| r.gateway_cpu_us.unwrap_or(f64::NAN))),
-                us(&mc.spread(|r| r.backend_cpu_us.unwrap_or(f64::NAN)))
+                "{} / {} / {}",
+                cpu(&mc, |r| r.gateway_cpu_us),
+                cpu(&mc, |r| r.backend_cpu_us),
+                cpu(&mc, |r| r.driver_cpu_us)
             ),
             format!(
-                "{} (backend, direct)",
-                us(&pipe.spread(|r| r.backend_cpu_us.unwrap_or(f64::NAN)))
+                "direct: – / {} / {}; HTTP floor: {} / – / {}",
+                cpu(&pipe, |r| r.backend_cpu_us),
+                cpu(&pipe, |r| r.driver_cpu_us),
+                cpu(&fc, |r| r.gateway_cpu_us),
+                cpu(&fc, |r| r.driver_cpu_us)
             ),
             String::new(),
             "",
@@ -749,9 +762,10 @@ async fn soak(
     rows.push(
         Row::new(
             &format!(
-                "RSS growth over a {:.0}-min c={} run",
-                a.soak.as_secs_f64() / 60.0,
-                a.concurrency
+                "RSS growth over a {} s c={} run ({:.1} M calls)",
+                a.soak.as_secs(),
+                a.concurrency,
+                run.rps * a.soak.as_secs_f64() / 1e6
             ),
             format!("{growth:+} KiB (end {})", mib(last)),
             format!("{} at {settle:.0} s", mib(reference)),
