@@ -102,7 +102,9 @@ async fn run(args: ServeArgs, settings: Arc<Settings>) -> anyhow::Result<()> {
     let grace = settings.shutdown_grace;
     let tenant_port = move |req| {
         let app = app.clone();
-        async move { app.handle(req).await }
+        // Boxed per request: hyper reserves room for the handler future in every
+        // connection for the connection's whole life, and unboxed it is 7.8 KiB.
+        Box::pin(async move { app.handle(req).await })
     };
     let server = tokio::spawn(crate::http::serve(
         mcp_listener,
