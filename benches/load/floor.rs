@@ -16,6 +16,8 @@ use tokio::net::TcpListener;
 
 /// The flag that turns this binary into the floor server.
 pub const FLAG: &str = "--http-floor-server";
+/// The flag that makes this binary time one direct cold start of the backend and exit.
+pub const COLD_FLAG: &str = "--stdio-cold-floor";
 
 #[derive(Deserialize)]
 struct Msg<'a> {
@@ -88,6 +90,32 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
         _ => format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{}}}}"#),
     };
     Ok(reply(StatusCode::OK, Bytes::from(out)))
+}
+
+/// Times one spawn-plus-initialize of `mcp-echo` and prints the milliseconds. Run as a
+/// fresh, small process, like mcpmux: spawning from the big, busy bench process would make
+/// the floor slower than it is.
+pub fn cold_once() -> std::process::ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cold floor: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(crate::stdio::cold(crate::procs::MCP_ECHO)) {
+        Ok(took) => {
+            println!("{}", took.as_secs_f64() * 1e3);
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cold floor: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 /// Serves until killed; prints `listening on http://ADDR/mcp` to stderr like mcpmux.

@@ -188,6 +188,9 @@ fn main() -> ExitCode {
     if argv.iter().any(|a| a == floor::FLAG) {
         return floor::serve();
     }
+    if argv.iter().any(|a| a == floor::COLD_FLAG) {
+        return floor::cold_once();
+    }
     let args = match Args::parse(&argv) {
         Ok(a) => a,
         Err(e) => {

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::http::{Conn, Endpoint};
 use crate::mcp::{self, Session};
-use crate::procs::{self, Daemon, MCP_ECHO};
+use crate::procs::{self, Daemon};
 use crate::stats::{Spread, median_of};
 
 /// Tenants in the scale directory.
@@ -405,7 +405,7 @@ pub async fn cold(dir: &Path, iterations: usize) -> Result<Cold, String> {
     let res = async {
         Session::probe(&mut conn, &tenant(0)).await?; // connection open and warm
         for i in 0..iterations {
-            let direct = crate::stdio::cold(MCP_ECHO).await?;
+            let direct = direct_cold().await?;
             let hs = mcp::handshake(&mut conn, Some(&tenant(TENANTS - 1 - i)), 1).await?;
             c.direct_ms.push(direct.as_secs_f64() * 1e3);
             c.mcpmux_ms.push(hs.init.as_secs_f64() * 1e3);
@@ -423,6 +423,24 @@ pub async fn cold(dir: &Path, iterations: usize) -> Result<Cold, String> {
         Spread(c.overhead_ms()).show_signed(2)
     );
     Ok(c)
+}
+
+/// One direct cold start of the backend, timed by a fresh helper process.
+async fn direct_cold() -> Result<Duration, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
+    let out = tokio::process::Command::new(exe)
+        .arg(crate::floor::COLD_FLAG)
+        .output()
+        .await
+        .map_err(|e| format!("cold floor helper: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ms: f64 = text.trim().parse().map_err(|_| {
+        format!(
+            "cold floor helper said {text:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    Ok(Duration::from_secs_f64(ms / 1e3))
 }
 
 /// A fresh scale directory under `base`.
