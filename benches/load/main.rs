@@ -485,19 +485,12 @@ async fn compare(
                 "",
             ));
         }
-        let own = Spread(
-            m1.runs
-                .iter()
-                .zip(&f1.runs)
-                .zip(&seq.runs)
-                .map(|((m, f), s)| m.lat.p50 - f.lat.p50 - s.lat.p50)
-                .collect(),
-        );
+        let own = per_round(&m1, &f1, &|m, f| m.lat.p50 - f.lat.p50);
         rows.push(Row::new(
             "latency c=1, p50: HTTP floor (no child)",
             us(&m1.spread(|r| r.lat.p50)),
             format!("{} (hyper answering itself)", us(&f1.spread(|r| r.lat.p50))),
-            format!("mcpmux − floor − direct: {} µs", own.show_signed(0)),
+            format!("{} µs", own.show_signed(0)),
             "",
         ));
         let cpu =
