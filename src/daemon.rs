@@ -74,6 +74,10 @@ async fn run(args: ServeArgs, settings: Arc<Settings>) -> anyhow::Result<()> {
     );
 
     let shutdown = CancellationToken::new();
+    if let Some(handle) = &metrics {
+        // Ends with the daemon; without it histogram samples pile up between scrapes.
+        tokio::spawn(crate::metrics::run_upkeep(handle.clone(), shutdown.clone()));
+    }
     let pool = Pool::new(registry.clone(), settings.clone());
     let (reload, watcher) = start_watcher(&settings, &registry, &pool, &shutdown)?;
     let (mcp_listener, admin_listener) = bind(&args).await?;
@@ -98,7 +102,9 @@ async fn run(args: ServeArgs, settings: Arc<Settings>) -> anyhow::Result<()> {
     let grace = settings.shutdown_grace;
     let tenant_port = move |req| {
         let app = app.clone();
-        async move { app.handle(req).await }
+        // Boxed per request: hyper reserves room for the handler future in every
+        // connection for the connection's whole life, and unboxed it is 7.8 KiB.
+        Box::pin(async move { app.handle(req).await })
     };
     let server = tokio::spawn(crate::http::serve(
         mcp_listener,

@@ -7,7 +7,7 @@ mod error;
 pub mod mcp;
 mod reply;
 mod stateless;
-mod tenant;
+pub mod tenant;
 
 use std::convert::Infallible;
 use std::sync::Arc;
