@@ -133,7 +133,11 @@ fn is_json(headers: &HeaderMap) -> bool {
     media.eq_ignore_ascii_case("application/json")
 }
 
-async fn read_body(req: http::Request<Incoming>, limit: usize) -> Result<Bytes, Response<Body>> {
+async fn read_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+) -> Result<Bytes, Response<Body>> {
     let too_large = || {
         let msg = format!("request body exceeds {limit} bytes");
         let mut response = rpc_error(StatusCode::PAYLOAD_TOO_LARGE, INVALID_REQUEST, &msg);
@@ -144,14 +148,13 @@ async fn read_body(req: http::Request<Incoming>, limit: usize) -> Result<Bytes, 
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         response
     };
-    let declared = req
-        .headers()
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large()); // refuse before reading a byte of it
     }
-    match Limited::new(req.into_body(), limit).collect().await {
+    match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(e) => Err(rpc_error(
@@ -172,8 +175,10 @@ async fn post(app: &Arc<App>, ctx: Ctx, req: http::Request<Incoming>) -> Respons
         let msg = "Content-Type must be application/json";
         return rpc_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, INVALID_REQUEST, msg);
     }
-    let headers = req.headers().clone();
-    let body = match read_body(req, app.settings.max_body_bytes).await {
+    // Split, not clone: the headers are needed after the body is consumed.
+    let (parts, incoming) = req.into_parts();
+    let headers = parts.headers;
+    let body = match read_body(&headers, incoming, app.settings.max_body_bytes).await {
         Ok(body) => body,
         Err(response) => return response,
     };
