@@ -102,6 +102,10 @@ pub struct ServeArgs {
     /// Seconds to let in-flight requests finish on SIGTERM before children are stopped.
     #[arg(long, env = "MCPMUX_SHUTDOWN_GRACE", default_value_t = 30.0)]
     pub shutdown_grace: f64,
+    /// Seconds to keep accepting and serving after SIGTERM turned /readyz to 503, so a load
+    /// balancer sees the node leave before its connections are refused; then the drain.
+    #[arg(long, env = "MCPMUX_SHUTDOWN_DELAY", default_value_t = 0.0)]
+    pub shutdown_delay: f64,
     /// Seconds a request whose SSE reply connection broke keeps running for its caller to
     /// resume it (GET with Last-Event-ID); then it is cancelled at the child. 0: at once.
     #[arg(long, env = "MCPMUX_RESUME_GRACE", default_value_t = 5.0)]

@@ -1,8 +1,10 @@
 //! `mcpmux serve`: settings, registry, listeners, reaper, signals, drain, exit.
 //!
 //! Order (linkerd's): validate settings before binding anything; load the clients
-//! directory; bind; announce; serve until SIGTERM/SIGINT; stop accepting, drain for the
-//! grace period, stop every child; exit 0. A second signal during the drain exits at once.
+//! directory; bind; announce; serve until SIGTERM/SIGINT; turn `/readyz` to 503 and keep
+//! serving for `--shutdown-delay`, so a load balancer stops sending before connections are
+//! refused; stop accepting, drain for the grace period, stop every child; exit 0. A second
+//! signal during the delay or the drain skips what is left of it.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -74,6 +76,8 @@ async fn run(args: ServeArgs, settings: Arc<Settings>) -> anyhow::Result<()> {
     );
 
     let shutdown = CancellationToken::new();
+    // Cancelled at SIGTERM, before `shutdown` (which waits for --shutdown-delay).
+    let unready = CancellationToken::new();
     if let Some(handle) = &metrics {
         // Ends with the daemon; without it histogram samples pile up between scrapes.
         tokio::spawn(crate::metrics::run_upkeep(handle.clone(), shutdown.clone()));
@@ -92,7 +96,7 @@ async fn run(args: ServeArgs, settings: Arc<Settings>) -> anyhow::Result<()> {
         pool: pool.clone(),
         registry: registry.clone(),
         metrics,
-        draining: shutdown.clone(),
+        draining: unready.clone(),
         crashloop_unready: args.ready_requires_no_crashloop,
     });
     let reaper = tokio::spawn(
@@ -136,11 +140,13 @@ async fn run(args: ServeArgs, settings: Arc<Settings>) -> anyhow::Result<()> {
         }
         systemd::ready();
     }
+    systemd::stopping();
+    unready.cancel();
+    delay_drain(settings.shutdown_delay, &mut signals).await;
     info!(
         grace_secs = grace.as_secs_f64(),
         "shutting down: draining in-flight requests"
     );
-    systemd::stopping();
     shutdown.cancel();
     tokio::select! {
         _ = server => {}
@@ -151,6 +157,31 @@ async fn run(args: ServeArgs, settings: Arc<Settings>) -> anyhow::Result<()> {
     let _ = tokio::join!(reaper, watcher, watchdog, admin_server);
     info!("stopped");
     Ok(())
+}
+
+/// Serves on, unready, for `delay` after SIGTERM; a second SIGTERM/SIGINT ends the wait
+/// (SIGHUP is ignored: the node is leaving).
+async fn delay_drain(delay: Duration, signals: &mut Signals) {
+    if delay.is_zero() {
+        return;
+    }
+    info!(
+        delay_secs = delay.as_secs_f64(),
+        "shutting down: /readyz is 503; serving on until the delay ends"
+    );
+    let until = tokio::time::Instant::now() + delay;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(until) => return,
+            request = signals.next() => match request {
+                Request::Shutdown => {
+                    warn!("second signal: not waiting for the shutdown delay");
+                    return;
+                }
+                Request::Reload => info!("SIGHUP during the shutdown delay: ignored"),
+            },
+        }
+    }
 }
 
 fn start_watcher(

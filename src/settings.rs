@@ -30,6 +30,8 @@ pub struct Settings {
     pub session_ttl: Duration,
     /// Drain deadline on SIGTERM.
     pub shutdown_grace: Duration,
+    /// Time between SIGTERM (readiness 503) and the drain, serving as usual meanwhile.
+    pub shutdown_delay: Duration,
     /// Children alive at once.
     pub max_children: usize,
     /// Serve tenants without a token.
@@ -95,6 +97,7 @@ impl Settings {
             )? as usize,
             session_ttl: Duration::from_secs(positive("session-ttl", args.session_ttl)?),
             shutdown_grace: seconds("shutdown-grace", args.shutdown_grace)?,
+            shutdown_delay: seconds("shutdown-delay", args.shutdown_delay)?,
             max_children: positive("max-children", args.max_children as u64)? as usize,
             allow_open_tenants: args.allow_open_tenants,
             header_read_timeout: seconds("header-read-timeout", args.header_read_timeout)?,

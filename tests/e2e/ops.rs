@@ -112,6 +112,102 @@ async fn sigterm_finishes_20_in_flight_requests_refuses_new_connections_and_ends
     }
 }
 
+/// `--shutdown-delay` in the readiness-first drain test: long enough to check that the node
+/// serves new connections while unready, short enough to keep the test quick.
+const SHUTDOWN_DELAY_SECS: u64 = 2;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_shutdown_delay_turns_readyz_503_at_once_and_serves_new_connections_until_it_ends()
+ {
+    let clients = TempClients::new();
+    clients.write("alpha", &fake_child_spec(&[]));
+    let delay = SHUTDOWN_DELAY_SECS.to_string();
+    let mut daemon = Daemon::start(&clients, &["--shutdown-delay", &delay]).await;
+    let session = initialize(&daemon, "alpha").await;
+    assert_eq!(admin_get(&daemon, "/readyz").await.0, 200);
+
+    let mark = daemon.log_mark();
+    let signalled = tokio::time::Instant::now();
+    daemon.signal(Signal::SIGTERM);
+    daemon
+        .wait_for_log_after(mark, "/readyz is 503", STOP_TIMEOUT)
+        .await
+        .expect("SIGTERM must announce the shutdown delay");
+    assert_eq!(
+        admin_get(&daemon, "/readyz").await,
+        (503, "draining\n".into()),
+        "/readyz must fail as soon as SIGTERM arrives, before the listener closes"
+    );
+    // A client that has never connected (so: a new connection) is still served, in a new
+    // session and in the old one.
+    let fresh = reqwest::Client::builder()
+        .timeout(HTTP_TIMEOUT)
+        .build()
+        .unwrap();
+    let init =
+        json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": initialize_params()});
+    let resp = fresh
+        .post(daemon.url())
+        .header("X-Client-ID", "alpha")
+        .header("Accept", "application/json, text/event-stream")
+        .json(&init)
+        .send()
+        .await
+        .expect("a new connection during the shutdown delay must be accepted");
+    assert_eq!(
+        resp.status(),
+        200,
+        "initialize during the delay must succeed"
+    );
+    let echoed = call_tool(&daemon, "alpha", &session, "echo", json!({})).await;
+    assert_eq!(
+        echoed["result"]["content"][0]["text"], "ok",
+        "a call during the delay must be served: {echoed:#}"
+    );
+    let stopped = format!("stopped accepting connections addr={}", daemon.addr());
+    daemon
+        .wait_for_log_after(mark, &stopped, STOP_TIMEOUT)
+        .await
+        .expect("the listener must close once the delay is over");
+    let waited = signalled.elapsed();
+    assert!(
+        waited >= Duration::from_secs(SHUTDOWN_DELAY_SECS),
+        "the listener must stay open for the whole delay; it closed after {waited:?}"
+    );
+    let status = daemon
+        .wait_exit(STOP_TIMEOUT)
+        .await
+        .expect("the daemon must exit");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a delayed, clean drain exits 0: {status}"
+    );
+}
+
+#[tokio::test]
+async fn a_second_sigterm_during_the_shutdown_delay_drains_at_once() {
+    let clients = TempClients::new();
+    let mut daemon = Daemon::start(&clients, &["--shutdown-delay", "600"]).await;
+    let mark = daemon.log_mark();
+    daemon.signal(Signal::SIGTERM);
+    daemon
+        .wait_for_log_after(mark, "/readyz is 503", STOP_TIMEOUT)
+        .await
+        .expect("SIGTERM must announce the shutdown delay");
+    daemon.signal(Signal::SIGTERM);
+    let status = daemon
+        .wait_exit(STOP_TIMEOUT)
+        .await
+        .expect("a second SIGTERM must end the 600 s delay");
+    assert_eq!(status.code(), Some(0), "{status}");
+    let logs = daemon.logs().join("\n");
+    assert!(
+        logs.contains("second signal: not waiting for the shutdown delay"),
+        "the skipped delay must be logged: {logs}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tokens
 // ---------------------------------------------------------------------------------------------
@@ -342,7 +438,7 @@ async fn bad_flags_and_settings_exit_64_before_binding_anything() {
         "--clients",
         dir,
     ];
-    let cases: [BadSetting<'_>; 9] = [
+    let cases: [BadSetting<'_>; 10] = [
         (&["--idle-ttl", "0"], &[], "idle-ttl"),
         (&[], &[("MCPMUX_IDLE_TTL", "0")], "idle-ttl"),
         (&["--max-children", "0"], &[], "max-children"),
@@ -353,6 +449,7 @@ async fn bad_flags_and_settings_exit_64_before_binding_anything() {
         ),
         (&["--request-timeout=-1"], &[], "request-timeout"),
         (&["--stop-grace", "NaN"], &[], "stop-grace"),
+        (&["--shutdown-delay=-3"], &[], "shutdown-delay"),
         (&["--idle-ttl", "soon"], &[], "idle-ttl"),
         (&["--log-format", "xml"], &[], "log-format"),
         (&["--no-such-flag"], &[], "--no-such-flag"),
