@@ -77,9 +77,14 @@ pub struct ServeArgs {
     /// Quiet time after a change in the clients directory before it is rescanned.
     #[arg(long, env = "MCPMUX_RELOAD_DEBOUNCE_MS", default_value_t = 200)]
     pub reload_debounce_ms: u64,
-    /// Allowed `Origin` values (comma-separated); requests with another Origin get 403.
+    /// `Origin` values allowed besides loopback origins (comma-separated); requests with
+    /// another Origin get 403.
     #[arg(long, env = "MCPMUX_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+    /// Check `Host` too: names (`name` or `name:port`, comma-separated) allowed besides
+    /// loopback ones. Off by default: reverse proxies pass their own names.
+    #[arg(long, env = "MCPMUX_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
     /// Requests one tenant may have in flight at once (503 above).
     #[arg(long, env = "MCPMUX_MAX_INFLIGHT_PER_TENANT", default_value_t = 256)]
     pub max_inflight_per_tenant: usize,

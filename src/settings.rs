@@ -22,8 +22,10 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// Debounce of the clients-directory watcher.
     pub reload_debounce: Duration,
-    /// Allowed `Origin` values; empty allows none but requests without Origin.
+    /// `Origin` values allowed besides loopback origins.
     pub allowed_origins: Vec<String>,
+    /// `Host` values allowed besides loopback names; `None`: `Host` is not checked.
+    pub allowed_hosts: Option<Vec<String>>,
     /// In-flight requests per tenant.
     pub max_inflight_per_tenant: usize,
     /// Unused sessions are forgotten after this.
@@ -91,6 +93,10 @@ impl Settings {
                 .iter()
                 .map(|o| o.trim().to_string())
                 .collect(),
+            allowed_hosts: (!args.allowed_hosts.is_empty()).then(|| {
+                let hosts = args.allowed_hosts.iter().map(|h| h.trim().to_string());
+                hosts.filter(|h| !h.is_empty()).collect()
+            }),
             max_inflight_per_tenant: positive(
                 "max-inflight-per-tenant",
                 args.max_inflight_per_tenant as u64,

@@ -1,10 +1,11 @@
 //! The tenant-facing HTTP listener: accept loop, per-connection hyper service with
 //! graceful shutdown, and the request pipeline of DESIGN §1 (path, tenant header,
-//! authentication, Origin, then MCP).
+//! authentication, Origin and Host, then MCP).
 
 mod body;
 mod error;
 pub mod mcp;
+mod origin;
 mod reply;
 mod stateless;
 pub mod tenant;
@@ -106,7 +107,7 @@ impl App {
         }
     }
 
-    /// DESIGN §1 steps 1–2 plus the Origin check, on headers alone.
+    /// DESIGN §1 steps 1–2 plus the Origin and Host checks, on headers alone.
     fn admit(&self, req: &Request<Incoming>) -> Result<mcp::Ctx, ApiError> {
         let id = tenant::client_id(req.headers())?;
         let (tenant, spec) = self
@@ -114,19 +115,11 @@ impl App {
             .tenant(&id)
             .ok_or_else(|| ApiError::unknown_client(id.as_str()))?;
         tenant::authorize(req.headers(), &spec, self.settings.allow_open_tenants)?;
-        if let Some(origin) = req.headers().get(http::header::ORIGIN) {
-            let allowed = origin
-                .to_str()
-                .is_ok_and(|o| self.settings.allowed_origins.iter().any(|a| a == o));
-            if !allowed {
-                let msg = "Origin not allowed. Add it with --allowed-origins.";
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "FORBIDDEN_ORIGIN",
-                    msg,
-                ));
-            }
-        }
+        origin::check(
+            req.headers(),
+            &self.settings.allowed_origins,
+            self.settings.allowed_hosts.as_deref(),
+        )?;
         Ok(mcp::Ctx { tenant, spec })
     }
 }

@@ -727,7 +727,11 @@ async fn assert_forbidden_origin(resp: reqwest::Response, origin: &str) {
 #[tokio::test]
 async fn origin_not_on_the_allow_list_is_403_forbidden_origin() {
     let (_clients, daemon) = daemon_with(&["demo"], &[]).await;
-    for origin in ["http://evil.example", "null", "http://127.0.0.1"] {
+    for origin in [
+        "http://evil.example",
+        "null",
+        "http://127.0.0.1.evil.example",
+    ] {
         assert_forbidden_origin(post_with_origin(&daemon, origin).await, origin).await;
     }
     // No Origin at all (a non-browser caller) is not a cross-site request.

@@ -18,6 +18,7 @@ mod lifecycle;
 mod limits;
 mod mux;
 mod ops;
+mod origin;
 mod reload;
 mod smoke;
 mod stateless;
