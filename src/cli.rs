@@ -22,6 +22,10 @@ pub struct Cli {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once at start-up; boxing the daemon flags would buy nothing"
+)]
 pub enum Command {
     /// Run the daemon (the default).
     Serve(ServeArgs),
