@@ -1,4 +1,4 @@
-//! Command line: `mcpmux [serve] [FLAGS]` and `mcpmux check [DIR]`.
+//! Command line: `mcpmux [serve] [FLAGS]`, `mcpmux check [DIR]`, `hash-token`, `completions SHELL`.
 //!
 //! Every flag has an environment equivalent (DESIGN §5). Values are parsed here and
 //! validated into [`crate::settings::Settings`]; nothing in this file binds or spawns.
@@ -37,6 +37,15 @@ pub enum Command {
         #[arg(env = "MCPMUX_CLIENTS", default_value = "./clients")]
         dir: PathBuf,
     },
+    /// Print a completion script for SHELL on stdout (e.g. `source <(mcpmux completions bash)`).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout; packages install it as mcpmux(1).
+    #[command(hide = true)]
+    Man,
 }
 
 /// Log line format.

@@ -8,7 +8,7 @@
 //! - [`pool`]: one child per tenant: single-flight start, backoff, reaping.
 //! - [`http`]: the `/mcp` endpoint.
 //! - [`admin`], [`metrics`], [`systemd`]: operations.
-//! - [`daemon`], [`check`]: the two commands.
+//! - [`daemon`], [`check`]: the two commands; [`manual`]: the man page and completions.
 
 pub mod admin;
 pub mod check;
@@ -18,6 +18,7 @@ pub mod clients;
 pub mod daemon;
 pub mod http;
 pub mod logging;
+pub mod manual;
 pub mod mcp;
 pub mod metrics;
 pub mod pool;

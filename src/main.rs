@@ -26,6 +26,8 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check { dir }) => mcpmux::check::run(&dir),
         Some(Command::HashToken) => mcpmux::check::hash_token(),
+        Some(Command::Completions { shell }) => mcpmux::manual::print_completions(shell),
+        Some(Command::Man) => mcpmux::manual::print_man(),
         Some(Command::Serve(args)) => mcpmux::daemon::main(args),
         None => mcpmux::daemon::main(cli.serve),
     }
