@@ -7,6 +7,7 @@
 //! - [`mcp`]: envelopes, sessions and the relay that multiplexes sessions onto a child.
 //! - [`pool`]: one child per tenant: single-flight start, backoff, reaping.
 //! - [`http`]: the `/mcp` endpoint.
+//! - [`token`]: signed session ids any node can resume (`--session-key-file`).
 //! - [`admin`], [`metrics`], [`systemd`]: operations.
 //! - [`daemon`], [`check`]: the two commands; [`manual`]: the man page and completions.
 
@@ -26,3 +27,4 @@ pub mod settings;
 pub mod shutdown;
 pub mod sync;
 pub mod systemd;
+pub mod token;
