@@ -3,7 +3,9 @@
 //! authentication, Origin and Host, then MCP).
 
 mod body;
+mod endpoint;
 mod error;
+mod exchange;
 pub mod mcp;
 mod origin;
 mod reply;
@@ -28,6 +30,7 @@ pub use error::{
     ApiError, MSG_DUPLICATE_CLIENT_ID, MSG_INVALID_CLIENT_ID, MSG_MISSING_CLIENT_ID, empty,
     json_response,
 };
+pub use exchange::Ctx;
 
 use crate::pool::Pool;
 use crate::settings::Settings;
@@ -101,14 +104,14 @@ impl App {
         match self.admit(&req) {
             Ok(ctx) => {
                 let id = ctx.tenant.id.as_str().to_owned();
-                (mcp::handle(self, ctx, req).await, Some(id))
+                (endpoint::handle(self, ctx, req).await, Some(id))
             }
             Err(e) => (e.into_response(), None),
         }
     }
 
     /// DESIGN §1 steps 1–2 plus the Origin and Host checks, on headers alone.
-    fn admit(&self, req: &Request<Incoming>) -> Result<mcp::Ctx, ApiError> {
+    fn admit(&self, req: &Request<Incoming>) -> Result<Ctx, ApiError> {
         let id = tenant::client_id(req.headers())?;
         let (tenant, spec) = self
             .pool
@@ -120,7 +123,7 @@ impl App {
             &self.settings.allowed_origins,
             self.settings.allowed_hosts.as_deref(),
         )?;
-        Ok(mcp::Ctx { tenant, spec })
+        Ok(Ctx { tenant, spec })
     }
 }
 

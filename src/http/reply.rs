@@ -2,11 +2,12 @@
 //! (see [`crate::mcp::stream`]), opened with a priming event, every event with an id, so a
 //! GET with `Last-Event-ID` can resume it.
 //!
-//! A pump task moves the call's messages onto the stream, whether or not a connection is
-//! attached: the spec says a disconnect is not a cancellation. A caller whose connection
+//! This module is the resumable [`Sink`] of the exchange's one pump, which moves the call's
+//! messages onto the stream whether or not a connection is attached: the spec says a
+//! disconnect is not a cancellation. A caller whose connection
 //! broke has the resume grace (`--resume-grace`) to attach again; after it the call is
 //! dropped, which cancels it at the child. Not owned here: choosing JSON or SSE
-//! (`super::mcp`).
+//! (`super::exchange`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +19,8 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::debug;
 
 use super::body::{Body, SseBody};
-use super::mcp::{is_request, sse_response};
-use crate::mcp::call::{Call, CallEvent};
+use super::exchange::{Sink, pump, sse_response};
+use crate::mcp::call::Call;
 use crate::mcp::session::{Attached, Session, Sessions};
 
 /// Where a session-era reply is recorded, so that it can be resumed.
@@ -53,9 +54,14 @@ impl Replying {
         let (number, attached) = self.sessions.open_reply(&self.session);
         self.session.record(number, &first);
         let connected = self.session.watch_connected(number);
+        let sink = Resumable {
+            to: self,
+            number,
+            connected,
+        };
         // Owned by the reply stream: ends at the final message, or once no connection has
         // been attached for the resume grace; dropping the call then cancels it at the child.
-        tokio::spawn(pump(call, self, number, connected, timeout));
+        tokio::spawn(pump(call, sink, timeout, |reply| reply));
         framed_response(attached, None)
     }
 }
@@ -72,51 +78,35 @@ pub(super) fn framed_response(
     ))
 }
 
-async fn pump(
-    mut call: Call,
+/// A reply stream of a session: recorded whether or not a connection is attached.
+struct Resumable {
     to: Replying,
     number: u64,
     connected: Option<watch::Receiver<bool>>,
-    timeout: Duration,
-) {
-    let abandoned = abandoned(connected, to.grace);
-    tokio::pin!(abandoned);
-    loop {
-        let event = tokio::select! {
-            biased;
-            () = &mut abandoned => {
-                debug!(session = %to.session.id, stream = number, "caller did not resume its reply; cancelling");
-                to.session.finish(number);
-                return;
-            }
-            event = call.next(timeout) => event,
-        };
-        match event {
-            // The child waits for an answer to its own request: wait for room, never drop it.
-            CallEvent::Related(message) if is_request(&message) => {
-                wait_for_room(&to, number, timeout).await;
-                to.session.record(number, &message);
-            }
-            // Progress is lossy by nature (MCP: senders should rate-limit it); a reader that
-            // is behind loses surplus progress rather than its connection.
-            CallEvent::Related(message) => {
-                if to.session.live_is_full(number) {
-                    debug!(session = %to.session.id, stream = number, "progress dropped: caller is not keeping up");
-                } else {
-                    to.session.record(number, &message); // buffered for resumption if nobody reads
-                }
-            }
-            CallEvent::Final(message) => {
-                wait_for_room(&to, number, timeout).await;
-                to.session.record(number, &message);
-                to.session.finish(number);
-                return;
-            }
-            CallEvent::Cancelled => {
-                to.session.finish(number); // the reply ends with no response
-                return;
-            }
+}
+
+impl Sink for Resumable {
+    fn gone(&mut self) -> impl Future<Output = ()> + Send + 'static {
+        abandoned(self.connected.take(), self.to.grace)
+    }
+
+    fn offer(&mut self, message: Bytes) {
+        // A reader that is behind loses surplus progress rather than its connection.
+        if self.to.session.live_is_full(self.number) {
+            debug!(session = %self.to.session.id, stream = self.number, "progress dropped: caller is not keeping up");
+        } else {
+            self.to.session.record(self.number, &message); // buffered for resumption if nobody reads
         }
+    }
+
+    async fn deliver(&mut self, message: Bytes, timeout: Duration) -> bool {
+        wait_for_room(&self.to, self.number, timeout).await;
+        self.to.session.record(self.number, &message);
+        true // recorded: a caller that is away can still resume and read it
+    }
+
+    fn end(&mut self) {
+        self.to.session.finish(self.number);
     }
 }
 
