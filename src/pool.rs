@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::child::{self, ExitInfo, ExitReason};
-use crate::clients::{ClientId, ClientSpec, Diff, Registry};
+use crate::clients::{ClientId, ClientSpec, Diff, Limits, Registry};
+use crate::mcp::control;
 use crate::mcp::relay::{InitError, Relay};
 use crate::mcp::session::Sessions;
 use crate::settings::Settings;
@@ -43,28 +44,72 @@ pub struct InitCache {
     pub result: Bytes,
 }
 
-/// Why no child could serve a request.
+/// Why no child could serve a request. What a caller is told (status, `error.data`) is
+/// the HTTP edge's business.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// `--max-children` reached and every child busy (503 + Retry-After).
+    /// `--max-children` reached and every child busy.
     #[error("all {0} children are busy; retry shortly")]
     Busy(usize),
-    /// Crash loop: try again after this long (503 + Retry-After).
+    /// Crash loop: try again after this long.
     #[error("the tenant's child keeps crashing; retry in {} s", .0.as_secs().max(1))]
     Backoff(Duration),
-    /// The child could not be started or initialized; `data` has exit and stderr tail.
-    #[error("{message}")]
-    Failed {
-        /// Human message.
-        message: String,
-        /// JSON-RPC `error.data`.
-        data: serde_json::Value,
+    /// A session-era request for a tenant whose child was never initialized.
+    #[error("the tenant has no initialized session; send initialize first")]
+    NotInitialized,
+    /// The command could not be started.
+    #[error("child failed to start: {0}")]
+    Spawn(String),
+    /// The child answered `initialize` with an error (its raw `error` object).
+    #[error("child rejected initialize")]
+    Rejected {
+        /// The child's `error` object, as it wrote it.
+        child_error: String,
+        /// How the child ended after it was stopped, when known.
+        exit: Option<ExitReport>,
     },
+    /// The child died, or did not answer `initialize` in time.
+    #[error("child failed to initialize: {detail}")]
+    Died {
+        /// What happened, for the message.
+        detail: String,
+        /// How the child ended, when known.
+        exit: Option<ExitReport>,
+    },
+}
+
+/// A child's exit with the limits it ran under (see [`crate::mcp::exit::report`]).
+#[derive(Debug, Clone)]
+pub struct ExitReport {
+    /// How it ended.
+    pub info: ExitInfo,
+    /// Its `rlimit_*` limits.
+    pub limits: Limits,
+}
+
+/// A place under `--max-children`; dropping it gives the place back, so a child is
+/// counted exactly as long as its permit lives beside it in the tenant's slot.
+#[derive(Debug)]
+struct ChildPermit {
+    live: Arc<AtomicUsize>,
+}
+
+impl Drop for ChildPermit {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A published child and the permit that counts it.
+#[derive(Debug)]
+struct Slotted {
+    relay: Arc<Relay>,
+    _permit: ChildPermit,
 }
 
 #[derive(Debug, Default)]
 struct Slot {
-    relay: Option<Arc<Relay>>,
+    child: Option<Slotted>,
     crashes: u32,
     retry_at: Option<Instant>,
     restarts: u64,
@@ -106,8 +151,6 @@ pub struct Tenant {
     slot: Mutex<Slot>,
     start: tokio::sync::Mutex<()>,
     init: Mutex<Option<InitCache>>,
-    /// The pool's count of slotted children, shared.
-    live: Arc<AtomicUsize>,
 }
 
 /// All tenants with runtime state.
@@ -149,7 +192,6 @@ impl Pool {
                 slot: Mutex::default(),
                 start: tokio::sync::Mutex::new(()),
                 init: Mutex::new(None),
-                live: self.live.clone(),
             })
         });
         Some((tenant.clone(), spec))
@@ -194,26 +236,29 @@ impl Pool {
         let params = lock(&tenant.init).as_ref().map(|c| c.params.clone());
         let params = params
             .or_else(|| first_params.map(Arc::from))
-            .ok_or_else(|| StartError::Failed {
-                message: "the tenant has no initialized session; send initialize first".into(),
-                data: serde_json::Value::Null,
-            })?;
+            .ok_or(StartError::NotInitialized)?;
         tenant.retire_child("replaced by a child of the current client file");
-        self.reserve_child(&tenant.id)?;
-        let relay = self
-            .spawn(tenant, spec)
-            .inspect_err(|_| self.release_child())?;
+        let permit = self.reserve_child(&tenant.id)?;
+        let relay = self.spawn(tenant, spec)?; // a failed spawn drops the permit
         match relay
             .initialize(&params, INIT_TIMEOUT.min(self.settings.request_timeout))
             .await
         {
             Ok(result) => {
+                // Before anyone else may use this child: the live sessions' subscriptions
+                // and level (a replacement child starts knowing nothing), then follow
+                // later changes.
+                control::reconcile(&relay).await;
+                control::spawn_reconciler(relay.clone());
                 let cache = InitCache { params, result };
                 *lock(&tenant.init) = Some(cache.clone());
                 let replaced = {
                     let mut slot = lock(&tenant.slot);
                     let stale = tenant.take(&mut slot);
-                    slot.relay = Some(relay.clone());
+                    slot.child = Some(Slotted {
+                        relay: relay.clone(),
+                        _permit: permit,
+                    });
                     stale
                 };
                 if let Some(stale) = replaced {
@@ -225,7 +270,7 @@ impl Pool {
                 Ok((relay, cache))
             }
             Err(e) => {
-                self.release_child();
+                drop(permit);
                 Err(self.init_failed(tenant, &relay, e).await)
             }
         }
@@ -233,7 +278,7 @@ impl Pool {
 
     /// Takes a place for a new child under `--max-children`, reaping the longest-idle
     /// child of another tenant when the cap is reached.
-    fn reserve_child(&self, for_tenant: &ClientId) -> Result<(), StartError> {
+    fn reserve_child(&self, for_tenant: &ClientId) -> Result<ChildPermit, StartError> {
         let max = self.settings.max_children;
         loop {
             let live = self.live.load(Ordering::Acquire);
@@ -243,7 +288,8 @@ impl Pool {
                     .compare_exchange(live, live + 1, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
                 {
-                    return Ok(());
+                    let live = self.live.clone();
+                    return Ok(ChildPermit { live });
                 }
                 continue;
             }
@@ -251,10 +297,6 @@ impl Pool {
                 return Err(StartError::Busy(max));
             }
         }
-    }
-
-    fn release_child(&self) {
-        self.live.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Stops the child idle the longest (no request in flight, no open stream); false when
@@ -274,7 +316,7 @@ impl Pool {
         };
         let mut slot = lock(&tenant.slot);
         // Re-check under the lock: a request may have arrived since.
-        let still_idle = slot.relay.as_ref().is_some_and(|r| r.inflight() == 0);
+        let still_idle = slot.relay().is_some_and(|r| r.inflight() == 0);
         let Some(relay) = still_idle.then(|| tenant.take(&mut slot)).flatten() else {
             return true;
         };
@@ -293,10 +335,7 @@ impl Pool {
         let (handle, events) = child::spawn(spec, &self.settings.child).map_err(|e| {
             tenant.record_crash(None);
             warn!(client_id = %tenant.id, error = %e, "child failed to start");
-            StartError::Failed {
-                message: format!("child failed to start: {e}"),
-                data: json!({ "error": e.to_string() }),
-            }
+            StartError::Spawn(e.to_string())
         })?;
         let relay = Relay::new(
             tenant.id.clone(),
@@ -321,29 +360,27 @@ impl Pool {
     async fn init_failed(&self, tenant: &Tenant, relay: &Arc<Relay>, err: InitError) -> StartError {
         relay.stop();
         relay.finished().await;
-        let exit = relay.exit_info().cloned();
         warn!(client_id = %tenant.id, error = %err, "child failed to initialize");
-        let mut data = exit
-            .as_ref()
-            .map(|info| relay.exit_report(info).1)
-            .unwrap_or_else(|| json!({}));
-        if let (InitError::Rejected(error), Some(obj)) = (&err, data.as_object_mut()) {
-            obj.insert(
-                "child_error".into(),
-                serde_json::from_str(error).unwrap_or(json!(error)),
-            );
-        }
-        if matches!(err, InitError::Rejected(_)) {
-            tenant.record_crash(None); // a child that refuses initialize is as useless as a crash
-        }
-        let message = match (&err, &exit) {
-            (InitError::Rejected(_), _) => "child rejected initialize".to_string(),
-            (_, Some(info)) if info.reason != ExitReason::Stopped => {
-                format!("child failed to initialize: {}", relay.exit_report(info).0)
+        let exit = relay.exit_info().map(|info| ExitReport {
+            info: info.clone(),
+            limits: relay.limits(),
+        });
+        match err {
+            InitError::Rejected(child_error) => {
+                // A child that refuses initialize is as useless as a crash.
+                tenant.record_crash(None);
+                StartError::Rejected { child_error, exit }
             }
-            _ => format!("child failed to initialize: {err}"),
-        };
-        StartError::Failed { message, data }
+            InitError::Failed(why) => {
+                let detail = match &exit {
+                    Some(e) if e.info.reason != ExitReason::Stopped => {
+                        crate::mcp::exit::report(&e.info, &e.limits).0
+                    }
+                    _ => why,
+                };
+                StartError::Died { detail, exit }
+            }
+        }
     }
 
     /// Every configured tenant's state, sorted by id.
@@ -409,6 +446,12 @@ impl Pool {
     }
 }
 
+impl Slot {
+    fn relay(&self) -> Option<&Arc<Relay>> {
+        self.child.as_ref().map(|c| &c.relay)
+    }
+}
+
 impl TenantStatus {
     fn unstarted(id: &ClientId) -> Self {
         Self {
@@ -429,16 +472,14 @@ impl TenantStatus {
 impl Tenant {
     /// Removes the slotted child, giving back its place under `--max-children`.
     fn take(&self, slot: &mut Slot) -> Option<Arc<Relay>> {
-        let relay = slot.relay.take()?;
-        self.live.fetch_sub(1, Ordering::AcqRel);
-        Some(relay)
+        slot.child.take().map(|slotted| slotted.relay)
     }
 
     /// The tenant as `/status` shows it.
     pub fn status(&self) -> TenantStatus {
         let now = Instant::now();
         let slot = lock(&self.slot);
-        let relay = slot.relay.as_ref();
+        let relay = slot.relay();
         let retry_in = slot
             .retry_at
             .filter(|at| *at > now)
@@ -480,7 +521,7 @@ impl Tenant {
 
     fn ready(&self, spec: &ClientSpec) -> Option<(Arc<Relay>, InitCache)> {
         let slot = lock(&self.slot);
-        let relay = slot.relay.as_ref()?;
+        let relay = slot.relay()?;
         if !relay.usable() || relay.spec_hash() != spec.content_hash {
             return None;
         }
@@ -490,7 +531,7 @@ impl Tenant {
 
     /// The current relay, if any (for cancellations and status).
     pub fn current_relay(&self) -> Option<Arc<Relay>> {
-        lock(&self.slot).relay.clone()
+        lock(&self.slot).relay().cloned()
     }
 
     /// The cached initialize exchange, once the tenant has been initialized.
@@ -536,7 +577,7 @@ impl Tenant {
             // One lock for the exit and the crash count: `/status` and the backoff check
             // never see a crashed child's exit without its restart counted.
             let mut slot = lock(&self.slot);
-            if slot.relay.as_ref().is_some_and(|r| Arc::ptr_eq(r, relay)) {
+            if slot.relay().is_some_and(|r| Arc::ptr_eq(r, relay)) {
                 self.take(&mut slot);
             }
             slot.last_exit = Some((info.clone(), Instant::now()));
@@ -554,7 +595,7 @@ impl Tenant {
     /// Stops the child if it is idle past `ttl`; otherwise returns when to look again.
     fn reap_if_idle(&self, ttl: Duration, now: Instant) -> Option<Instant> {
         let mut slot = lock(&self.slot);
-        let relay = slot.relay.as_ref()?;
+        let relay = slot.relay()?;
         if relay.inflight() > 0 {
             return None; // its last request's end wakes the reaper
         }

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::debug;
 
@@ -26,7 +27,8 @@ use super::error::{ApiError, json_response, rpc_error};
 use crate::clients::ClientSpec;
 use crate::mcp::call::{Call, CallEvent};
 use crate::mcp::envelope::{self, Envelope, INTERNAL_ERROR, INVALID_REQUEST, Kind};
-use crate::mcp::relay::Relay;
+use crate::mcp::exit;
+use crate::mcp::relay::{Relay, SendError};
 use crate::pool::{StartError, Tenant};
 
 /// Messages queued on a non-resumable SSE reply before progress is dropped.
@@ -71,7 +73,7 @@ impl Post<'_> {
 }
 
 /// How one era shapes a relayed request.
-pub(super) trait Era: Send {
+pub(super) trait Era: Send + Sync {
     /// The caller that owns the call at the relay (its session), if any.
     fn owner(&self) -> Option<Arc<str>>;
     /// `initialize` params for a tenant whose child was never initialized.
@@ -213,45 +215,93 @@ async fn read_body(
 
 /// Relays `post` to the tenant's child and answers as JSON or SSE, as `era` shapes it.
 pub(super) async fn relay(post: &Post<'_>, era: impl Era) -> Response<Body> {
-    let (app, ctx) = (post.app, post.ctx);
-    let timeout = app.settings.request_timeout;
-    // A relay handed out just as the reaper or a reload stopped it refuses the send; the
-    // request was never seen by any child, so it goes to the replacement once.
-    let mut attempts = 2;
-    loop {
-        attempts -= 1;
-        let relay = match app
-            .pool
-            .relay(&ctx.tenant, &ctx.spec, era.first_params())
-            .await
-        {
+    let timeout = post.app.settings.request_timeout;
+    let sent = hand_off(&mut ToChild { post, era: &era }).await;
+    match sent {
+        Err(response) => response,
+        Ok(Ok(Sent::Local(reply))) => era.answer(reply, post.accept),
+        Ok(Ok(Sent::Call(call))) => respond(call, era, post.accept, timeout).await,
+        Ok(Err(e)) => {
+            let reply = envelope::error_response(post.id(), INTERNAL_ERROR, &e.to_string(), None);
+            json_response(StatusCode::OK, reply.into())
+        }
+    }
+}
+
+/// What the child's side made of a request.
+enum Sent {
+    /// mcpmux answered itself.
+    Local(Bytes),
+    /// The request is on its way to the child.
+    Call(Call),
+}
+
+/// The two steps of handing a request to a child.
+trait Handing {
+    /// What [`Handing::send`] yields.
+    type Sent: Send;
+    /// The relay to use now, or the answer that there is none.
+    fn acquire(&mut self) -> impl Future<Output = Result<Arc<Relay>, Response<Body>>> + Send;
+    /// Sends the request on `relay`.
+    fn send(
+        &mut self,
+        relay: &Arc<Relay>,
+    ) -> impl Future<Output = Result<Self::Sent, SendError>> + Send;
+}
+
+/// A POST handed to the tenant's child under the in-flight cap.
+struct ToChild<'a, E> {
+    post: &'a Post<'a>,
+    era: &'a E,
+}
+
+impl<E: Era + Sync> Handing for ToChild<'_, E> {
+    type Sent = Sent;
+
+    async fn acquire(&mut self) -> Result<Arc<Relay>, Response<Body>> {
+        let (app, ctx) = (self.post.app, self.post.ctx);
+        let params = self.era.first_params();
+        let relay = match app.pool.relay(&ctx.tenant, &ctx.spec, params).await {
             Ok((relay, _)) => relay,
-            Err(e) => return start_failed(post.id(), e),
+            Err(e) => return Err(start_failed(self.post.id(), e)),
         };
         if relay.inflight() >= app.settings.max_inflight_per_tenant {
             let msg = format!(
                 "This client has {} requests in flight; retry shortly.",
                 relay.inflight()
             );
-            return ApiError::unavailable("TOO_MANY_REQUESTS", msg, 1).into_response();
+            return Err(ApiError::unavailable("TOO_MANY_REQUESTS", msg, 1).into_response());
         }
-        if let Some(reply) = era.local(&relay, post).await {
-            return era.answer(reply, post.accept);
+        Ok(relay)
+    }
+
+    async fn send(&mut self, relay: &Arc<Relay>) -> Result<Sent, SendError> {
+        let post = self.post;
+        if let Some(reply) = self.era.local(relay, post).await {
+            return Ok(Sent::Local(reply));
         }
-        match relay
-            .call(post.body, post.env, era.owner(), post.accept.sse)
-            .await
-        {
-            Ok(call) => return respond(call, era, post.accept, timeout).await,
-            Err(e) if attempts > 0 && !relay.usable() => {
-                debug!(client_id = %ctx.tenant.id, pid = relay.pid(), error = %e, "child stopped while the request was handed to it; retrying with its replacement");
-            }
-            Err(e) => {
-                let reply =
-                    envelope::error_response(post.id(), INTERNAL_ERROR, &e.to_string(), None);
-                return json_response(StatusCode::OK, reply.into());
-            }
+        let owner = self.era.owner();
+        let call = relay
+            .call(post.body, post.env, owner, post.accept.sse)
+            .await?;
+        Ok(Sent::Call(call))
+    }
+}
+
+/// Sends on the relay `handing` acquires. A relay stopped between the two (by the reaper, a
+/// reload or `--max-children`) refuses the send; the request then reached no child, so it
+/// goes once more to the relay acquired next: the replacement.
+async fn hand_off<H: Handing>(
+    handing: &mut H,
+) -> Result<Result<H::Sent, SendError>, Response<Body>> {
+    let relay = handing.acquire().await?;
+    match handing.send(&relay).await {
+        Err(e) if !relay.usable() => {
+            debug!(pid = relay.pid(), error = %e, "child stopped while the request was handed to it; retrying with its replacement");
+            let replacement = handing.acquire().await?;
+            Ok(handing.send(&replacement).await)
         }
+        sent => Ok(sent),
     }
 }
 
@@ -396,27 +446,134 @@ pub(super) fn cancelled(call: &Call, accept: Accept) -> Response<Body> {
     json_response(StatusCode::OK, reply.into())
 }
 
-/// A failure to get a child, as the caller sees it.
+/// A failure to get a child, as the caller sees it: 503 for a crash loop or a full pool,
+/// else a JSON-RPC error under the caller's `id` whose `error.data` has the child's exit
+/// status and stderr tail (DESIGN §5).
 pub(super) fn start_failed(id: &str, err: StartError) -> Response<Body> {
-    match err {
+    let message = err.to_string();
+    let data = match err {
         StartError::Backoff(wait) => {
             let msg = format!(
                 "This client's MCP server keeps crashing; retrying in {} s.",
                 wait.as_secs().max(1)
             );
-            ApiError::unavailable("CHILD_BACKOFF", msg, wait.as_secs_f64().ceil() as u64)
-                .into_response()
+            return ApiError::unavailable("CHILD_BACKOFF", msg, wait.as_secs_f64().ceil() as u64)
+                .into_response();
         }
         StartError::Busy(max) => {
             let msg = format!("All {max} MCP server processes are busy; retry shortly.");
-            ApiError::unavailable("TOO_MANY_CHILDREN", msg, 1).into_response()
+            return ApiError::unavailable("TOO_MANY_CHILDREN", msg, 1).into_response();
         }
-        StartError::Failed { message, data } => {
-            let data = (!data.is_null()).then_some(&data);
-            json_response(
-                StatusCode::OK,
-                envelope::error_response(id, INTERNAL_ERROR, &message, data).into(),
-            )
+        StartError::NotInitialized => None,
+        StartError::Spawn(error) => Some(json!({ "error": error })),
+        StartError::Rejected { child_error, exit } => {
+            let mut data = exit.map_or_else(|| json!({}), |e| exit::report(&e.info, &e.limits).1);
+            if let Some(obj) = data.as_object_mut() {
+                let parsed = serde_json::from_str(&child_error).unwrap_or(json!(child_error));
+                obj.insert("child_error".into(), parsed);
+            }
+            Some(data)
+        }
+        StartError::Died { exit, .. } => {
+            Some(exit.map_or_else(|| json!({}), |e| exit::report(&e.info, &e.limits).1))
+        }
+    };
+    let reply = envelope::error_response(id, INTERNAL_ERROR, &message, data.as_ref());
+    json_response(StatusCode::OK, reply.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::child::{self, ChildSettings};
+    use crate::clients::{ClientId, Limits};
+    use crate::mcp::session::Sessions;
+
+    /// A relay over a real child (`cat`, which reads its stdin until it closes).
+    fn relay() -> Arc<Relay> {
+        let spec = ClientSpec {
+            id: ClientId::parse("test").unwrap(),
+            path: PathBuf::from("/nonexistent/test.json"),
+            command: "cat".into(),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            cwd: std::env::temp_dir(),
+            idle_ttl: Duration::from_secs(300),
+            token_sha256: None,
+            limits: Limits::default(),
+            content_hash: [0; 32],
+        };
+        let settings = ChildSettings {
+            max_line_bytes: 1 << 20,
+            stop_grace: Duration::from_millis(100),
+        };
+        let (handle, _events) = child::spawn(&spec, &settings).unwrap();
+        let sessions = Arc::new(Sessions::default());
+        Relay::new(
+            spec.id.clone(),
+            handle,
+            [0; 32],
+            spec.limits,
+            sessions,
+            Arc::new(Notify::new()),
+        )
+    }
+
+    /// Hands out `relays` (last first) and records which child each send went to.
+    struct Relays {
+        relays: Vec<Arc<Relay>>,
+        sends: Vec<u32>,
+    }
+
+    impl Handing for Relays {
+        type Sent = u32;
+
+        async fn acquire(&mut self) -> Result<Arc<Relay>, Response<Body>> {
+            let none = || super::super::error::empty(StatusCode::SERVICE_UNAVAILABLE);
+            self.relays.pop().ok_or_else(none)
+        }
+
+        async fn send(&mut self, relay: &Arc<Relay>) -> Result<u32, SendError> {
+            self.sends.push(relay.pid());
+            let line = Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/x"}"#);
+            relay.notify(line).await.map(|()| relay.pid())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_child_stopped_during_the_hand_off_is_replaced_once() {
+        let (reaped, replacement) = (relay(), relay());
+        // The reaper stops the child after the pool handed it out, before the send.
+        reaped.stop();
+        let mut handing = Relays {
+            relays: vec![replacement.clone(), reaped.clone()],
+            sends: Vec::new(),
+        };
+        let sent = hand_off(&mut handing).await.ok().map(|sent| sent.ok());
+        assert_eq!(
+            sent,
+            Some(Some(replacement.pid())),
+            "the replacement took it"
+        );
+        assert_eq!(handing.sends, [reaped.pid(), replacement.pid()]);
+
+        // Twice unlucky is an error, not a loop.
+        replacement.stop();
+        let mut handing = Relays {
+            relays: vec![relay(), replacement.clone(), reaped.clone()],
+            sends: Vec::new(),
+        };
+        let sent = hand_off(&mut handing).await.ok();
+        assert!(matches!(sent, Some(Err(SendError::Gone(_)))));
+        assert_eq!(handing.sends, [reaped.pid(), replacement.pid()]);
+        for relay in handing.relays.iter().chain([&reaped, &replacement]) {
+            relay.stop();
+            relay.stopped().await;
         }
     }
 }

@@ -19,7 +19,6 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::call::{Call, CallEvent, InflightGuard};
-use super::control;
 use super::envelope::{self, Envelope, INTERNAL_ERROR, Kind, METHOD_NOT_FOUND, span_of, splice};
 use super::exit;
 use super::interest::{self, Told};
@@ -269,11 +268,7 @@ impl Relay {
             .send(note)
             .await
             .map_err(|e| InitError::Failed(e.to_string()))?;
-        // Before anyone else may use this child: the live sessions' subscriptions and level
-        // (a replacement child starts knowing nothing), then follow later changes.
-        control::reconcile(self).await;
-        control::spawn_reconciler(self.clone());
-        Ok(result)
+        Ok(result) // the pool brings the child in line with the sessions (`control`) next
     }
 
     /// The sessions this child serves.
@@ -594,8 +589,13 @@ impl Relay {
 }
 
 impl Relay {
+    /// The `rlimit_*` limits the child runs under.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     /// Message and `error.data` for failures caused by the child's exit (see [`exit`]).
-    pub fn exit_report(&self, info: &ExitInfo) -> (String, serde_json::Value) {
+    fn exit_report(&self, info: &ExitInfo) -> (String, serde_json::Value) {
         exit::report(info, &self.limits)
     }
 
