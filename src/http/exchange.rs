@@ -222,7 +222,7 @@ pub(super) async fn relay(post: &Post<'_>, era: impl Era) -> Response<Body> {
         Ok(Ok(Sent::Local(reply))) => era.answer(reply, post.accept),
         Ok(Ok(Sent::Call(call))) => respond(call, era, post.accept, timeout).await,
         Ok(Err(e)) => {
-            let reply = envelope::error_response(post.id(), INTERNAL_ERROR, &e.to_string(), None);
+            let reply = envelope::error_response(post.id(), e.code(), &e.to_string(), None);
             json_response(StatusCode::OK, reply.into())
         }
     }

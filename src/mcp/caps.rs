@@ -160,6 +160,27 @@ pub fn servable(experimental: Option<&RawValue>) -> String {
     out
 }
 
+/// The `initialize` params mcpmux sends a child, from the first caller's: the newest
+/// revision and [`servable`] capabilities (its `experimental` kept), everything else (its
+/// `clientInfo`, vendor fields) as the caller wrote it. Params that are not an object are
+/// replaced by a minimal one.
+pub fn child_params(first: &str) -> String {
+    let mut fields: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(first).unwrap_or_default();
+    let experimental = fields
+        .get("capabilities")
+        .and_then(|c| c.get("experimental"))
+        .and_then(|e| serde_json::value::to_raw_value(e).ok());
+    let capabilities = servable(experimental.as_deref());
+    let capabilities = serde_json::from_str(&capabilities).unwrap_or_default();
+    fields.insert("protocolVersion".into(), Revision::NEWEST.as_str().into());
+    fields.insert("capabilities".into(), capabilities);
+    fields.entry("clientInfo").or_insert_with(
+        || serde_json::json!({"name": "mcpmux", "version": env!("CARGO_PKG_VERSION")}),
+    );
+    serde_json::Value::Object(fields).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +290,27 @@ mod tests {
             form.can_answer("elicitation/create", None),
             "no params: form mode"
         );
+    }
+
+    #[test]
+    fn child_params_keep_the_callers_identity_and_experimental() {
+        let first = r#"{"protocolVersion":"2025-03-26","capabilities":{"experimental":{"x":{}},"sampling":{}},"clientInfo":{"name":"probe","version":"1"},"x-vendor":1}"#;
+        let got: serde_json::Value = serde_json::from_str(&child_params(first)).unwrap();
+        assert_eq!(got["protocolVersion"], "2025-11-25");
+        assert_eq!(
+            got["capabilities"]["experimental"],
+            serde_json::json!({"x": {}})
+        );
+        assert_eq!(
+            got["capabilities"]["elicitation"]["url"],
+            serde_json::json!({})
+        );
+        assert_eq!(
+            (&got["clientInfo"]["name"], &got["x-vendor"]),
+            (&serde_json::json!("probe"), &serde_json::json!(1))
+        );
+        let got: serde_json::Value = serde_json::from_str(&child_params("[]")).unwrap();
+        assert_eq!(got["clientInfo"]["name"], "mcpmux");
     }
 
     #[test]

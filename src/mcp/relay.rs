@@ -22,8 +22,9 @@ use super::call::{Call, CallEvent, InflightGuard};
 use super::envelope::{self, Envelope, INTERNAL_ERROR, Kind, METHOD_NOT_FOUND, span_of, splice};
 use super::exit;
 use super::interest::{self, Told};
-use super::reverse::{self, ReverseRequests};
-use super::session::{CallerCaps, Sessions};
+use super::reverse::ReverseRequests;
+use super::session::{Session, Sessions};
+use super::tasks::{Reply, STATELESS_OWNER, TaskError};
 use crate::child::{ChildEvent, ChildHandle, ExitInfo, ExitReason};
 use crate::clients::{ClientId, Limits};
 use crate::sync::lock;
@@ -32,6 +33,12 @@ use crate::sync::lock;
 pub const RELATED_QUEUE: usize = 64;
 /// JSON-RPC code for a request that timed out (as the MCP SDKs use).
 pub const REQUEST_TIMEOUT: i64 = -32001;
+/// URL-mode elicitations remembered per child, to send their completion to the asked
+/// session only; beyond it the oldest are forgotten (their completion is then dropped).
+pub const MAX_ELICITATIONS: usize = 1024;
+
+/// Child generations, so a task id of a replaced child is never taken for the new one's.
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
 
 struct Pending {
     orig_id: Bytes,
@@ -42,6 +49,8 @@ struct Pending {
     streams: bool,
     related: mpsc::Sender<Bytes>,
     done: oneshot::Sender<Bytes>,
+    /// How the response is rewritten for the caller (task ids).
+    reply: Reply,
 }
 
 /// One running child and everything in flight on it.
@@ -63,6 +72,9 @@ pub struct Relay {
     reverse: ReverseRequests,
     idle: Arc<Notify>,
     told: Mutex<Told>,
+    generation: u64,
+    /// URL-mode elicitation ids → the session that was asked, in asking order.
+    elicitations: Mutex<std::collections::VecDeque<(String, Arc<str>)>>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -80,6 +92,19 @@ pub enum SendError {
     /// The child is gone.
     #[error("{0}")]
     Gone(String),
+    /// The request names a task its caller cannot use.
+    #[error("{0}")]
+    Task(#[from] TaskError),
+}
+
+impl SendError {
+    /// The JSON-RPC error code for it.
+    pub fn code(&self) -> i64 {
+        match self {
+            Self::Gone(_) => INTERNAL_ERROR,
+            Self::Task(e) => e.code(),
+        }
+    }
 }
 
 impl Relay {
@@ -111,12 +136,24 @@ impl Relay {
             reverse: ReverseRequests::default(),
             idle,
             told: Mutex::default(),
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
+            elicitations: Mutex::default(),
         })
     }
 
     /// The child's pid.
     pub fn pid(&self) -> u32 {
         self.child.pid()
+    }
+
+    /// Which child this is among all the tenant's children, ever.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Until when this child's running tasks keep it from idle reaping (`None`: none run).
+    pub fn tasks_hold_until(&self) -> Option<Instant> {
+        self.sessions.tasks().held_until(self.generation)
     }
 
     /// Hash of the client file the child was started from.
@@ -219,9 +256,18 @@ impl Relay {
         if let Some(span) = token.and_then(|t| span_of(message, t.get())) {
             edits.push((span, child_id_text.as_bytes()));
         }
-        let line = Bytes::from(splice(message, &mut edits));
-        self.send_request(child_id, line, orig_id, orig_token, session, streams)
-            .await
+        let mut line = splice(message, &mut edits);
+        let method = env.method.as_deref().unwrap_or_default();
+        let reply = Reply::of(method, env.params);
+        if reply.names_a_task() {
+            let owner = session.as_deref().unwrap_or(STATELESS_OWNER);
+            line = self
+                .sessions
+                .tasks()
+                .request_to_child(owner, self.generation, &line)?;
+        }
+        let sent = (child_id, Bytes::from(line), orig_id, orig_token);
+        self.send_request(sent, session, streams, reply).await
     }
 
     /// Sends `initialize` with the given raw params; returns the raw `result`.
@@ -236,12 +282,10 @@ impl Relay {
         );
         let mut call = self
             .send_request(
-                child_id,
-                line.into(),
-                Bytes::from_static(b"0"),
-                None,
+                (child_id, line.into(), Bytes::from_static(b"0"), None),
                 None,
                 false,
+                Reply::Plain,
             )
             .await
             .map_err(|e| InitError::Failed(e.to_string()))?;
@@ -335,14 +379,13 @@ impl Relay {
         Some(child_id)
     }
 
+    /// Sends `(child id, line, caller's id, caller's progress token)`.
     async fn send_request(
         self: &Arc<Self>,
-        child_id: u64,
-        line: Bytes,
-        orig_id: Bytes,
-        orig_token: Option<Bytes>,
+        (child_id, line, orig_id, orig_token): (u64, Bytes, Bytes, Option<Bytes>),
         session: Option<Arc<str>>,
         streams: bool,
+        reply: Reply,
     ) -> Result<Call, SendError> {
         let (related_tx, related) = mpsc::channel(RELATED_QUEUE);
         let (done_tx, done) = oneshot::channel();
@@ -360,6 +403,7 @@ impl Relay {
                 streams,
                 related: related_tx,
                 done: done_tx,
+                reply,
             };
             pending.insert(child_id, entry);
         }
@@ -410,6 +454,9 @@ impl Relay {
             Some(span) => splice(line, &mut [(span, &entry.orig_id[..])]),
             None => line.to_vec(),
         };
+        let owner = entry.session.as_deref().unwrap_or(STATELESS_OWNER);
+        let restored =
+            (self.sessions.tasks()).for_caller(entry.reply, owner, self.generation, restored);
         let _ = entry.done.send(restored.into()); // the caller may have gone; nothing to do
     }
 
@@ -427,10 +474,26 @@ impl Relay {
                 let reached = self.sessions.notify_log(level, line);
                 debug!(client_id = %self.client_id, ?level, reached, "child log message");
             }
-            _ => {
-                // list_changed and anything unknown: every session, once, on its GET stream.
-                let reached = self.sessions.notify_all(line);
-                debug!(client_id = %self.client_id, method = ?env.method, reached, "child notification");
+            Some(method @ "notifications/tasks/status") => {
+                // Only the task's owner hears about it; another child's or an unknown task's
+                // status is nobody's.
+                let tasks = self.sessions.tasks();
+                if let Some((owner, out)) = tasks.on_status(self.generation, line) {
+                    self.sessions.notify_one(&owner, method, &out);
+                }
+            }
+            Some(method @ "notifications/elicitation/complete") => {
+                let asked = elicitation_id(env.params).and_then(|id| self.take_elicitation(&id));
+                if let Some(session) = asked {
+                    self.sessions.notify_one(&session, method, line);
+                }
+            }
+            method => {
+                // list_changed and anything unknown: every session whose revision has it,
+                // once, on its GET stream.
+                let method = method.unwrap_or_default();
+                let reached = self.sessions.notify_all(method, line);
+                debug!(client_id = %self.client_id, method, reached, "child notification");
             }
         }
     }
@@ -460,9 +523,24 @@ impl Relay {
     fn on_child_request(&self, line: &[u8], env: &Envelope<'_>) {
         let Some(id) = env.id else { return };
         let method = env.method.as_deref().unwrap_or_default();
-        if let Some(can) = reverse::capable(method)
-            && self.forward_to_caller(line, id.get(), can)
-        {
+        let can = |s: &Session| s.caps.can_answer(method, env.params);
+        // A request about a task goes to the task's owner (its id rewritten), or nowhere.
+        let tasks = self.sessions.tasks();
+        let delivered = match tasks.related_for_caller(self.generation, line) {
+            Some((owner, out)) => {
+                let env = envelope::parse(&out).ok();
+                let child_id = env.as_ref().and_then(|e| e.id).map(|i| i.get());
+                let only = |s: &Session| *s.id == *owner && can(s);
+                child_id.and_then(|child_id| self.forward_to_caller(&out, child_id, only))
+            }
+            None => self.forward_to_caller(line, id.get(), can),
+        };
+        if let Some(session) = delivered {
+            if method == "elicitation/create"
+                && let Some(id) = elicitation_id(env.params)
+            {
+                self.remember_elicitation(id, session);
+            }
             return;
         }
         let reply = if method == "ping" {
@@ -477,38 +555,57 @@ impl Relay {
         }
     }
 
-    /// Sends a child request to one capable session: on the SSE reply of a request it has
-    /// in flight if any, else on its GET stream. False when no session can take it.
-    fn forward_to_caller(&self, line: &[u8], child_id: &str, can: fn(&CallerCaps) -> bool) -> bool {
-        let Some(span) = span_of(line, child_id) else {
-            return false;
-        };
+    /// Sends a child request to one session that `can` answer it: on the SSE reply of a
+    /// request it has in flight if any, else on its GET stream. Returns the session that
+    /// took it; `None` when none can.
+    fn forward_to_caller(
+        &self,
+        line: &[u8],
+        child_id: &str,
+        can: impl Fn(&Session) -> bool,
+    ) -> Option<Arc<str>> {
+        let span = span_of(line, child_id)?;
         for (session, related) in self.inflight_sessions() {
-            if !self.sessions.get(&session).is_some_and(|s| can(&s.caps)) {
+            if !self.sessions.get(&session).is_some_and(|s| can(&s)) {
                 continue;
             }
-            let caller_id = self.reverse.register(child_id, session);
+            let caller_id = self.reverse.register(child_id, session.clone());
             let out = Bytes::from(splice(
                 line,
                 &mut [(span.clone(), caller_id.to_string().as_bytes())],
             ));
             if related.try_send(out).is_ok() {
-                return true;
+                return Some(session);
             }
             self.reverse.forget(caller_id);
         }
-        for session in self.sessions.with_live_get(|s| can(&s.caps)) {
+        for session in self.sessions.with_live_get(&can) {
             let caller_id = self.reverse.register(child_id, session.id.clone());
             let out = splice(
                 line,
                 &mut [(span.clone(), caller_id.to_string().as_bytes())],
             );
             if session.push(&out) {
-                return true;
+                return Some(session.id.clone());
             }
             self.reverse.forget(caller_id);
         }
-        false
+        None
+    }
+
+    fn remember_elicitation(&self, id: String, session: Arc<str>) {
+        let mut asked = lock(&self.elicitations);
+        if asked.len() >= MAX_ELICITATIONS {
+            asked.pop_front();
+        }
+        asked.push_back((id, session));
+    }
+
+    /// The session asked for URL-mode elicitation `id`, forgetting it (it completes once).
+    fn take_elicitation(&self, id: &str) -> Option<Arc<str>> {
+        let mut asked = lock(&self.elicitations);
+        let at = asked.iter().position(|(e, _)| e == id)?;
+        asked.remove(at).map(|(_, session)| session)
     }
 
     /// Sessions with a request in flight whose reply can carry a request (SSE), each with
@@ -625,6 +722,18 @@ pub enum InitError {
     /// The child died or did not answer.
     #[error("{0}")]
     Failed(String),
+}
+
+/// `params.elicitationId` of a URL-mode elicitation or of its completion.
+fn elicitation_id(params: Option<&serde_json::value::RawValue>) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Params {
+        #[serde(rename = "elicitationId")]
+        elicitation_id: Option<String>,
+    }
+    serde_json::from_str::<Params>(params?.get())
+        .ok()?
+        .elicitation_id
 }
 
 fn init_result(reply: &[u8]) -> Result<Bytes, InitError> {

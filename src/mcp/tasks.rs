@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
@@ -32,6 +33,52 @@ pub const UNLIMITED_TASK_HOLD: Duration = Duration::from_secs(3600);
 /// The `_meta` key that ties a message to a task.
 pub const RELATED_TASK: &str = "io.modelcontextprotocol/related-task";
 
+/// The owner key of tasks created by stateless-era callers, who have no session (they
+/// share one namespace per tenant; no session id is empty).
+pub const STATELESS_OWNER: &str = "";
+
+/// How the child's response to a request is rewritten for its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// Not about tasks.
+    Plain,
+    /// A task-augmented request: a `CreateTaskResult` may come back.
+    Created,
+    /// `tasks/get` or `tasks/cancel`: a `Task`.
+    Task,
+    /// `tasks/result`: the task's result, with related-task metadata.
+    Payload,
+    /// `tasks/list`.
+    List,
+}
+
+impl Reply {
+    /// What the answer to request `method` with `params` will be.
+    pub fn of(method: &str, params: Option<&RawValue>) -> Self {
+        match method {
+            "tasks/get" | "tasks/cancel" => Self::Task,
+            "tasks/result" => Self::Payload,
+            "tasks/list" => Self::List,
+            _ if params.is_some_and(is_task_augmented) => Self::Created,
+            _ => Self::Plain,
+        }
+    }
+
+    /// Whether the request's `params.taskId` names a task and must be rewritten.
+    pub fn names_a_task(self) -> bool {
+        matches!(self, Self::Task | Self::Payload)
+    }
+}
+
+fn is_task_augmented(params: &RawValue) -> bool {
+    #[derive(Deserialize)]
+    struct Augmented {
+        task: Option<IgnoredAny>,
+    }
+    params.get().contains("\"task\"")
+        && serde_json::from_str::<Augmented>(params.get()).is_ok_and(|p| p.task.is_some())
+}
+
 /// Why a session's task id cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TaskError {
@@ -42,6 +89,16 @@ pub enum TaskError {
     /// The child that ran it is gone: JSON-RPC -32603.
     #[error("task {0} was lost: the MCP server process running it was replaced")]
     Lost(String),
+}
+
+impl TaskError {
+    /// The JSON-RPC error code for it.
+    pub fn code(&self) -> i64 {
+        match self {
+            Self::Unknown(_) => super::envelope::INVALID_PARAMS,
+            Self::Lost(_) => super::envelope::INTERNAL_ERROR,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -322,6 +379,24 @@ impl Tasks {
         }
     }
 
+    /// The child's `response` to a request of `owner` whose answer is of kind `reply`,
+    /// rewritten for that caller.
+    pub fn for_caller(
+        &self,
+        reply: Reply,
+        owner: &str,
+        generation: u64,
+        response: Vec<u8>,
+    ) -> Vec<u8> {
+        match reply {
+            Reply::Plain => response,
+            Reply::Created => self.on_created(owner, generation, &response),
+            Reply::Task => self.on_task_result(owner, generation, &response),
+            Reply::Payload => self.on_task_payload(generation, &response),
+            Reply::List => self.on_list(owner, generation, &response),
+        }
+    }
+
     /// Non-terminal tasks of child `generation` whose hold has not run out: while there are
     /// any, the child is not idle.
     pub fn running(&self, generation: u64) -> usize {
@@ -505,6 +580,20 @@ mod tests {
         tasks.session_ended("b");
         assert!(tasks.related_for_caller(1, ask).is_none());
         assert_eq!(tasks.running(1), 1);
+    }
+
+    #[test]
+    fn replies_are_classified_by_method_and_task_field() {
+        let raw = |t: &str| RawValue::from_string(t.to_owned()).unwrap();
+        let tasked = raw(r#"{"name":"x","task":{"ttl":1}}"#);
+        let plain = raw(r#"{"name":"task","arguments":{"task":1}}"#);
+        assert_eq!(Reply::of("tools/call", Some(&tasked)), Reply::Created);
+        assert_eq!(Reply::of("tools/call", Some(&plain)), Reply::Plain);
+        assert_eq!(Reply::of("tools/call", None), Reply::Plain);
+        assert_eq!(Reply::of("tasks/cancel", None), Reply::Task);
+        assert_eq!(Reply::of("tasks/list", None), Reply::List);
+        assert!(Reply::of("tasks/result", None).names_a_task());
+        assert!(!Reply::of("tasks/list", None).names_a_task());
     }
 
     #[test]

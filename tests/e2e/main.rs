@@ -21,6 +21,7 @@ mod mux;
 mod ops;
 mod origin;
 mod reload;
+mod session_era;
 mod smoke;
 mod stateless;
 mod streams;
