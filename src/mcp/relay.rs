@@ -454,6 +454,14 @@ impl Relay {
             Some(span) => splice(line, &mut [(span, &entry.orig_id[..])]),
             None => line.to_vec(),
         };
+        if let Some(session) = &entry.session
+            && env.kind == Kind::Error
+        {
+            // -32042 hands the caller URL-mode elicitations: their completion is its.
+            for id in required_elicitations(line) {
+                self.remember_elicitation(id, session.clone());
+            }
+        }
         let owner = entry.session.as_deref().unwrap_or(STATELESS_OWNER);
         let restored =
             (self.sessions.tasks()).for_caller(entry.reply, owner, self.generation, restored);
@@ -736,6 +744,43 @@ fn elicitation_id(params: Option<&serde_json::value::RawValue>) -> Option<String
         .elicitation_id
 }
 
+/// JSON-RPC code of `URLElicitationRequiredError` (2025-11-25).
+const URL_ELICITATION_REQUIRED: i64 = -32042;
+
+/// The `elicitationId`s of a `URLElicitationRequiredError` response (none for others).
+fn required_elicitations(response: &[u8]) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Reply {
+        error: Option<Error>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Error {
+        code: i64,
+        data: Option<Data>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Data {
+        #[serde(default)]
+        elicitations: Vec<Required>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Required {
+        #[serde(rename = "elicitationId")]
+        elicitation_id: Option<String>,
+    }
+    let Ok(Reply { error: Some(error) }) = serde_json::from_slice(response) else {
+        return Vec::new();
+    };
+    if error.code != URL_ELICITATION_REQUIRED {
+        return Vec::new();
+    }
+    let required = error.data.map(|d| d.elicitations).unwrap_or_default();
+    required
+        .into_iter()
+        .filter_map(|r| r.elicitation_id)
+        .collect()
+}
+
 fn init_result(reply: &[u8]) -> Result<Bytes, InitError> {
     #[derive(serde::Deserialize)]
     struct Reply<'a> {
@@ -750,5 +795,29 @@ fn init_result(reply: &[u8]) -> Result<Bytes, InitError> {
         (Some(result), _) => Ok(Bytes::copy_from_slice(result.get().as_bytes())),
         (None, Some(error)) => Err(InitError::Rejected(error.get().to_string())),
         (None, None) => Err(InitError::Failed("empty reply to initialize".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_elicitations_required_by_an_error_are_found() {
+        let required = br#"{"jsonrpc":"2.0","id":3,"error":{"code":-32042,"message":"m","data":{"elicitations":[{"mode":"url","elicitationId":"e1","url":"u","message":"m"},{"mode":"url"}]}}}"#;
+        assert_eq!(required_elicitations(required), ["e1"]);
+        let other = br#"{"jsonrpc":"2.0","id":3,"error":{"code":-32602,"message":"m","data":{"elicitations":[{"elicitationId":"e1"}]}}}"#;
+        assert!(required_elicitations(other).is_empty());
+        assert!(required_elicitations(br#"{"jsonrpc":"2.0","id":3,"result":{}}"#).is_empty());
+    }
+
+    #[test]
+    fn elicitation_ids_are_read_from_params() {
+        let params = serde_json::value::RawValue::from_string(
+            r#"{"mode":"url","elicitationId":"x"}"#.into(),
+        )
+        .unwrap();
+        assert_eq!(elicitation_id(Some(&params)).as_deref(), Some("x"));
+        assert_eq!(elicitation_id(None), None);
     }
 }

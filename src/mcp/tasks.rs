@@ -397,19 +397,8 @@ impl Tasks {
         }
     }
 
-    /// Non-terminal tasks of child `generation` whose hold has not run out: while there are
-    /// any, the child is not idle.
-    pub fn running(&self, generation: u64) -> usize {
-        let now = Instant::now();
-        let inner = lock(&self.inner);
-        inner
-            .by_caller
-            .values()
-            .filter(|e| e.generation == generation && !e.terminal && e.hold_until > now)
-            .count()
-    }
-
-    /// When the last running task of `generation` stops holding its child, if any runs.
+    /// Until when child `generation` is held by its tasks not yet terminal (whose `ttl`
+    /// has not run out); `None` when no such task holds it.
     pub fn held_until(&self, generation: u64) -> Option<Instant> {
         let now = Instant::now();
         let inner = lock(&self.inner);
@@ -527,12 +516,12 @@ mod tests {
     fn status_reaches_only_the_owner_and_terminal_status_releases_the_child() {
         let tasks = Tasks::default();
         let a = caller_id(&tasks, "a", 1, "7");
-        assert_eq!(tasks.running(1), 1);
+        assert!(tasks.held_until(1).is_some());
         let status = br#"{"jsonrpc":"2.0","method":"notifications/tasks/status","params":{"taskId":"7","status":"completed","createdAt":"t"}}"#;
         let (owner, out) = tasks.on_status(1, status).unwrap();
         assert_eq!(owner, "a");
         assert_eq!(v(&out)["params"]["taskId"], a.as_str());
-        assert_eq!(tasks.running(1), 0, "completed tasks hold nothing");
+        assert_eq!(tasks.held_until(1), None, "completed tasks hold nothing");
         let stray = br#"{"jsonrpc":"2.0","method":"notifications/tasks/status","params":{"taskId":"8","status":"working"}}"#;
         assert!(
             tasks.on_status(1, stray).is_none(),
@@ -579,7 +568,7 @@ mod tests {
         );
         tasks.session_ended("b");
         assert!(tasks.related_for_caller(1, ask).is_none());
-        assert_eq!(tasks.running(1), 1);
+        assert!(tasks.held_until(1).is_some());
     }
 
     #[test]
