@@ -17,6 +17,7 @@ mod interop;
 mod lifecycle;
 mod limits;
 mod manual;
+mod monitoring;
 mod mux;
 mod ops;
 mod origin;
