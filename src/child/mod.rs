@@ -10,17 +10,20 @@
 //! bounded. Dropping the last [`ChildHandle`] starts the stop sequence, so no child
 //! outlives its owner.
 //!
-//! Files: `spawn` (command lookup, environment, `Command`), `task` (the actor and the
+//! Files: `spawn` (command lookup, environment, `Command`), `state` (per-tenant state
+//! directories), `task` (the actor and the
 //! stop sequence's steps), `stop` (process-group signalling and cleanup), `framing`,
 //! `stderr`.
 
 mod framing;
 mod spawn;
+pub mod state;
 mod stderr;
 mod stop;
 mod task;
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +51,8 @@ pub struct ChildSettings {
     pub max_line_bytes: usize,
     /// Wait after closing stdin before SIGTERM, and after SIGTERM before SIGKILL.
     pub stop_grace: Duration,
+    /// The state root (`--state-dir`): one directory per tenant, created on its first spawn.
+    pub state_dir: PathBuf,
 }
 
 /// What a child reports, in order; `Exited` is always the last event.
@@ -91,6 +96,15 @@ pub enum Error {
     /// The command could not be found.
     #[error("command not found: {0}")]
     NotFound(String),
+    /// The tenant's state directory could not be created or used.
+    #[error("cannot use the tenant's state directory {}: {source}", path.display())]
+    StateDir {
+        /// `<state-dir>/<id>`.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
     /// The spawn itself failed.
     #[error("failed to start {command}: {source}")]
     Spawn {
@@ -194,7 +208,7 @@ pub fn spawn(
     spec: &ClientSpec,
     settings: &ChildSettings,
 ) -> Result<(ChildHandle, mpsc::Receiver<ChildEvent>), Error> {
-    let started = spawn::start(spec)?;
+    let started = spawn::start(spec, settings)?;
     let pid = started.pid;
     let shared = Arc::new(Shared::default());
     let (inbox_tx, inbox_rx) = mpsc::channel(STDIN_QUEUE_LEN);
@@ -238,7 +252,7 @@ mod tests {
             command: command.to_owned(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             env: BTreeMap::new(),
-            cwd: std::env::temp_dir(),
+            cwd: None,
             idle_ttl: Duration::from_secs(300),
             token_sha256: None,
             limits: Limits::default(),
@@ -250,10 +264,25 @@ mod tests {
         spec("sh", &["-c", script])
     }
 
+    /// One state root for the whole test binary, removed by nobody: tests only create
+    /// tenant directories under it, in the system temp dir.
+    fn state_root() -> PathBuf {
+        static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        ROOT.get_or_init(|| {
+            let dir = tempfile::Builder::new()
+                .prefix("mcpmux-child-tests-")
+                .tempdir()
+                .unwrap();
+            dir.keep()
+        })
+        .clone()
+    }
+
     fn settings(grace_ms: u64) -> ChildSettings {
         ChildSettings {
             max_line_bytes: 1 << 20,
             stop_grace: Duration::from_millis(grace_ms),
+            state_dir: state_root(),
         }
     }
 
@@ -352,9 +381,9 @@ mod tests {
         let mut want = vec!["LANG=xx_XX.UTF-8".to_owned(), "TENANT_VAR=a b=c".to_owned()];
         let path = std::env::var("PATH").unwrap_or_else(|_| spawn::DEFAULT_PATH.to_owned());
         want.push(format!("PATH={path}"));
-        if let Ok(home) = std::env::var("HOME") {
-            want.push(format!("HOME={home}"));
-        }
+        let home = state_root().join("test");
+        want.push(format!("HOME={}", home.display()));
+        want.push(format!("TMPDIR={}", home.display()));
         want.sort();
         assert_eq!(got, want);
         assert!(std::env::var_os("CARGO_PKG_NAME").is_some(), "test premise");
@@ -548,7 +577,7 @@ mod tests {
     #[tokio::test]
     async fn missing_cwd_is_a_spawn_error() {
         let mut spec = spec("/bin/sh", &[]);
-        spec.cwd = PathBuf::from("/nonexistent/dir");
+        spec.cwd = Some(PathBuf::from("/nonexistent/dir"));
         let err = spawn(&spec, &settings(100)).unwrap_err();
         assert!(matches!(err, Error::Spawn { .. }), "got {err:?}");
     }

@@ -1,7 +1,8 @@
 //! Starting a child: command lookup, environment, and the `Command` itself (DESIGN §2, §4).
 //!
 //! Owns what a child is given: no shell, a cleared environment plus a minimal base
-//! (`PATH`, `HOME`, `LANG`) under the file's `env`, its own process group, three pipes.
+//! (`PATH`, `HOME`, `TMPDIR`, `LANG`) under the file's `env`, its own process group, three
+//! pipes; `HOME`, `TMPDIR` and the default `cwd` are the tenant's state directory.
 //! It does not own the running process; [`Started`] hands everything to the actor.
 //! Invariant: the program path passed to `exec` is absolute and was an executable file.
 
@@ -16,7 +17,7 @@ use nix::sys::resource::Resource;
 use nix::unistd::Pid;
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 
-use super::Error;
+use super::{ChildSettings, Error, state};
 use crate::clients::{ClientSpec, Limits, Secret};
 
 /// `PATH` for children when the daemon has none.
@@ -35,11 +36,10 @@ pub(super) struct Started {
     pub(super) stderr: ChildStderr,
 }
 
-/// The daemon's own values of the base variables.
+/// The daemon's own values of the base variables it passes on.
 #[derive(Debug, Clone, Default)]
 pub(super) struct DaemonEnv {
     pub(super) path: Option<OsString>,
-    pub(super) home: Option<OsString>,
     pub(super) lang: Option<OsString>,
 }
 
@@ -47,20 +47,27 @@ impl DaemonEnv {
     fn current() -> Self {
         Self {
             path: std::env::var_os("PATH"),
-            home: std::env::var_os("HOME"),
             lang: std::env::var_os("LANG"),
         }
     }
 }
 
 /// Resolves and starts `spec`'s command. Must run inside a tokio runtime.
-pub(super) fn start(spec: &ClientSpec) -> Result<Started, Error> {
+pub(super) fn start(spec: &ClientSpec, settings: &ChildSettings) -> Result<Started, Error> {
     let spawn_error = |source| Error::Spawn {
         command: spec.command.clone(),
         source,
     };
-    let cwd = std::path::absolute(&spec.cwd).map_err(spawn_error)?;
-    let env = child_env(&DaemonEnv::current(), &spec.env);
+    let home =
+        state::tenant_dir(&settings.state_dir, &spec.id).map_err(|source| Error::StateDir {
+            path: settings.state_dir.join(spec.id.as_str()),
+            source,
+        })?;
+    let cwd = match &spec.cwd {
+        Some(cwd) => std::path::absolute(cwd).map_err(spawn_error)?,
+        None => home.clone(),
+    };
+    let env = child_env(&DaemonEnv::current(), &home, &spec.env);
     let exe_dir = std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(Path::to_path_buf));
@@ -177,14 +184,18 @@ fn take_pipes(mut child: Child) -> io::Result<Started> {
 /// A child's whole environment.
 pub(super) type ChildEnv = BTreeMap<OsString, OsString>;
 
-/// The base (`PATH`, `HOME`, `LANG`) from the daemon, then the file's `env` on top.
-pub(super) fn child_env(daemon: &DaemonEnv, file: &BTreeMap<String, Secret>) -> ChildEnv {
+/// The base (`PATH` and `LANG` from the daemon, `HOME` and `TMPDIR` the tenant's state
+/// directory `home`), then the file's `env` on top.
+pub(super) fn child_env(
+    daemon: &DaemonEnv,
+    home: &Path,
+    file: &BTreeMap<String, Secret>,
+) -> ChildEnv {
     let mut env = ChildEnv::new();
     let path = daemon.path.clone().unwrap_or_else(|| DEFAULT_PATH.into());
     env.insert("PATH".into(), path);
-    if let Some(home) = &daemon.home {
-        env.insert("HOME".into(), home.clone());
-    }
+    env.insert("HOME".into(), home.into());
+    env.insert("TMPDIR".into(), home.into());
     let lang = daemon.lang.clone().unwrap_or_else(|| DEFAULT_LANG.into());
     env.insert("LANG".into(), lang);
     for (name, Secret(value)) in file {
@@ -379,7 +390,6 @@ mod tests {
     fn env_is_the_base_under_the_file_env() {
         let daemon = DaemonEnv {
             path: Some("/daemon/bin".into()),
-            home: Some("/home/d".into()),
             lang: None,
         };
         let file = BTreeMap::from([
@@ -390,21 +400,27 @@ mod tests {
             ("HOME", "/srv/t"),
             ("LANG", DEFAULT_LANG),
             ("PATH", "/daemon/bin"),
+            ("TMPDIR", "/state/t"),
             ("TOKEN", "s3cret"),
         ]
         .into_iter()
         .map(|(k, v)| (k.into(), v.into()))
         .collect();
-        assert_eq!(child_env(&daemon, &file), want);
+        assert_eq!(child_env(&daemon, Path::new("/state/t"), &file), want);
     }
 
     #[test]
     fn env_falls_back_to_defaults_when_the_daemon_has_none() {
-        let env = child_env(&DaemonEnv::default(), &BTreeMap::new());
-        let want: ChildEnv = [("LANG", DEFAULT_LANG), ("PATH", DEFAULT_PATH)]
-            .into_iter()
-            .map(|(k, v)| (k.into(), v.into()))
-            .collect();
+        let env = child_env(&DaemonEnv::default(), Path::new("/s/t"), &BTreeMap::new());
+        let want: ChildEnv = [
+            ("HOME", "/s/t"),
+            ("LANG", DEFAULT_LANG),
+            ("PATH", DEFAULT_PATH),
+            ("TMPDIR", "/s/t"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
         assert_eq!(env, want);
     }
 }

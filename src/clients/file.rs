@@ -361,16 +361,19 @@ fn check_env(env: BTreeMap<String, String>) -> Result<BTreeMap<String, Secret>, 
         .collect()
 }
 
-fn resolve_cwd(cwd: Option<String>, clients_dir: &Path) -> Result<PathBuf, String> {
+/// `None` (no `cwd`) runs the child in its tenant's state directory.
+fn resolve_cwd(cwd: Option<String>, clients_dir: &Path) -> Result<Option<PathBuf>, String> {
     let Some(cwd) = cwd else {
-        return Ok(clients_dir.to_path_buf());
+        return Ok(None);
     };
     if cwd.is_empty() {
-        return Err("\"cwd\" must not be empty; omit it to run in the clients directory".into());
+        return Err(
+            "\"cwd\" must not be empty; omit it to run in the tenant's state directory".into(),
+        );
     }
     no_nul("cwd", &cwd)?;
     // `join` keeps an absolute `cwd` as is and puts a relative one under the directory.
-    Ok(clients_dir.join(cwd))
+    Ok(Some(clients_dir.join(cwd)))
 }
 
 fn idle_ttl(secs: Option<u64>, default: Duration) -> Result<Duration, String> {
@@ -451,7 +454,7 @@ mod tests {
         assert_eq!(spec.path, Path::new("/clients/acme.json"));
         assert_eq!(spec.command, "mcp-echo");
         assert!(spec.args.is_empty() && spec.env.is_empty());
-        assert_eq!(spec.cwd, Path::new("/clients"));
+        assert_eq!(spec.cwd, None, "no cwd: the tenant's state directory");
         assert_eq!(spec.idle_ttl, Duration::from_secs(300));
         assert_eq!(spec.token_sha256, None);
         assert_eq!(spec.limits, Limits::default());
@@ -471,7 +474,7 @@ mod tests {
         let spec = parse(&json).unwrap();
         assert_eq!(spec.args, ["-y", "pkg"]);
         assert_eq!(spec.env.get("K"), Some(&Secret("v".into())));
-        assert_eq!(spec.cwd, Path::new("/srv/acme"));
+        assert_eq!(spec.cwd.as_deref(), Some(Path::new("/srv/acme")));
         assert_eq!(spec.idle_ttl, Duration::from_secs(60));
         let mut token = [0u8; 32];
         hex::decode_to_slice(TOKEN_HEX, &mut token).unwrap();
@@ -493,12 +496,16 @@ mod tests {
         assert_eq!(
             parse(r#"{"command": "x", "cwd": "data/acme"}"#)
                 .unwrap()
-                .cwd,
-            Path::new("/clients/data/acme")
+                .cwd
+                .as_deref(),
+            Some(Path::new("/clients/data/acme"))
         );
         assert_eq!(
-            parse(r#"{"command": "x", "cwd": "/abs"}"#).unwrap().cwd,
-            Path::new("/abs")
+            parse(r#"{"command": "x", "cwd": "/abs"}"#)
+                .unwrap()
+                .cwd
+                .as_deref(),
+            Some(Path::new("/abs"))
         );
     }
 
@@ -710,7 +717,7 @@ mod tests {
         assert!(full.token_sha256.is_some() && full.limits.processes == Some(64));
         assert_eq!(
             specs[&ClientId::parse("pasted").unwrap()].cwd,
-            dir.join("pasted-data")
+            Some(dir.join("pasted-data"))
         );
     }
 

@@ -184,7 +184,7 @@ mod tests {
             command: "cmd".into(),
             args: vec![],
             env: Default::default(),
-            cwd: PathBuf::from("/c"),
+            cwd: Some(PathBuf::from("/c")),
             idle_ttl: Duration::from_secs(300),
             token_sha256: None,
             limits: Limits::default(),

@@ -22,6 +22,7 @@ mod mux;
 mod ops;
 mod origin;
 mod reload;
+mod sandbox;
 mod session_era;
 mod smoke;
 mod stateless;

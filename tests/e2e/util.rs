@@ -55,22 +55,47 @@ pub fn unique_marker() -> String {
 // Clients directory
 // ---------------------------------------------------------------------------------------------
 
-/// A clients directory unique to one test, removed when dropped.
+/// A clients directory unique to one test, with a state directory beside it (`<root>/clients`
+/// and `<root>/state`), removed when dropped.
 pub struct TempClients {
-    dir: tempfile::TempDir,
+    root: tempfile::TempDir,
+    clients: PathBuf,
+    state: PathBuf,
 }
 
 impl TempClients {
     pub fn new() -> TempClients {
-        let dir = tempfile::Builder::new()
+        let root = tempfile::Builder::new()
             .prefix("mcpmux-e2e-clients-")
             .tempdir()
             .expect("a temp clients dir must be creatable");
-        TempClients { dir }
+        let clients = root.path().join("clients");
+        std::fs::create_dir(&clients).expect("the clients dir must be creatable");
+        let state = root.path().join("state");
+        TempClients {
+            root,
+            clients,
+            state,
+        }
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.clients
+    }
+
+    /// The directory holding `clients/` and `state/`.
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// The daemon's `--state-dir` (created by the daemon).
+    pub fn state_dir(&self) -> &Path {
+        &self.state
+    }
+
+    /// Tenant `id`'s state directory: its child's cwd, HOME and TMPDIR.
+    pub fn tenant_state(&self, id: &str) -> PathBuf {
+        self.state.join(id)
     }
 
     /// The path of client `id`'s file, `<dir>/<id>.json`.
@@ -185,6 +210,11 @@ impl Daemon {
         ];
         let dir = clients.path().to_str().expect("temp path must be UTF-8");
         args.extend(["--clients", dir]);
+        let state = clients
+            .state_dir()
+            .to_str()
+            .expect("temp path must be UTF-8");
+        args.extend(["--state-dir", state]);
         args.extend(extra_args);
         Daemon::spawn(&args, env).await
     }
@@ -365,10 +395,14 @@ pub fn mcpmux_command(args: &[&str]) -> Command {
 }
 
 /// A `Command` for `program` with the test's `MCPMUX_*` variables removed and `NO_COLOR` set,
-/// for trampolines that exec `mcpmux` themselves.
+/// for trampolines that exec `mcpmux` themselves. A daemon started without `--state-dir`
+/// keeps its tenants' state under one shared temp directory, not the developer's home.
 pub fn isolated_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut cmd = Command::new(program);
-    cmd.env("NO_COLOR", "1");
+    cmd.env("NO_COLOR", "1").env_remove("STATE_DIRECTORY").env(
+        "XDG_STATE_HOME",
+        std::env::temp_dir().join("mcpmux-e2e-xdg-state"),
+    );
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("MCPMUX_") {
             cmd.env_remove(name);
