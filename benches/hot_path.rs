@@ -195,6 +195,7 @@ fn spec_for(i: usize) -> ClientSpec {
         idle_ttl: Duration::from_secs(300),
         token_sha256: None,
         limits: Limits::default(),
+        sandbox: Default::default(),
         content_hash,
     }
 }

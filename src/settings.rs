@@ -3,8 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::child::sandbox::{self, SandboxSettings};
 use crate::child::{ChildSettings, state};
-use crate::cli::ServeArgs;
+use crate::cli::{SandboxMode, ServeArgs};
 use crate::clients::Defaults;
 
 /// Sessions kept per tenant at most; beyond it `initialize` gets 503.
@@ -71,13 +72,37 @@ fn positive(flag: &'static str, value: u64) -> Result<u64, SettingsError> {
 }
 
 impl Settings {
-    /// Validates the flags of `mcpmux serve`.
+    /// Validates the flags of `mcpmux serve`, probing the kernel for Landlock.
     pub fn from_args(args: &ServeArgs) -> Result<Self, SettingsError> {
+        Self::from_args_probed(args, sandbox::probe())
+    }
+
+    /// As [`Settings::from_args`], with the kernel's Landlock support given.
+    pub fn from_args_probed(
+        args: &ServeArgs,
+        landlock: landlock::LandlockStatus,
+    ) -> Result<Self, SettingsError> {
         let clients_dir = std::path::absolute(&args.clients).map_err(|e| SettingsError {
             flag: "clients",
             reason: format!("{}: {e}", args.clients.display()),
         })?;
         let state_dir = state_dir(args.state_dir.as_deref(), &clients_dir)?;
+        let mode = match args.sandbox {
+            SandboxMode::Auto => sandbox::Mode::Auto,
+            SandboxMode::Required => sandbox::Mode::Required,
+            SandboxMode::Off => sandbox::Mode::Off,
+        };
+        let exe_dir = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(Path::to_path_buf));
+        let protected = [clients_dir.as_path(), state_dir.as_path()];
+        let sandbox =
+            SandboxSettings::decide(mode, landlock, &protected, exe_dir).map_err(|reason| {
+                SettingsError {
+                    flag: "sandbox",
+                    reason,
+                }
+            })?;
         Ok(Self {
             defaults: Defaults {
                 clients_dir,
@@ -87,6 +112,7 @@ impl Settings {
                 max_line_bytes: positive("max-line-bytes", args.max_line_bytes as u64)? as usize,
                 stop_grace: seconds("stop-grace", args.stop_grace)?,
                 state_dir,
+                sandbox,
             },
             max_body_bytes: positive("max-body-bytes", args.max_body_bytes as u64)? as usize,
             request_timeout: seconds("request-timeout", args.request_timeout)?,
@@ -183,6 +209,37 @@ mod tests {
         assert!(
             !inside.exists(),
             "nothing is created in the clients directory"
+        );
+    }
+
+    #[test]
+    fn sandbox_required_on_a_kernel_without_landlock_is_a_bad_setting() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        let args = serve_args(&[
+            "--sandbox",
+            "required",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ]);
+        let err = Settings::from_args_probed(&args, landlock::LandlockStatus::NotImplemented)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "invalid setting --sandbox: --sandbox required, but the kernel has no Landlock; \
+             use --sandbox auto to run without it"
+        );
+        // main maps every SettingsError to exit 64 (sysexits EX_USAGE).
+        let auto = serve_args(&["--state-dir", state.to_str().unwrap()]);
+        let settings =
+            Settings::from_args_probed(&auto, landlock::LandlockStatus::NotImplemented).unwrap();
+        assert_eq!(settings.child.sandbox.abi, None);
+        assert!(settings.child.sandbox.warning.is_some(), "auto warns");
+        let real = Settings::from_args(&args).unwrap();
+        assert!(
+            real.child.sandbox.abi.is_some(),
+            "these machines have Landlock"
         );
     }
 }

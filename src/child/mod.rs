@@ -11,11 +11,12 @@
 //! outlives its owner.
 //!
 //! Files: `spawn` (command lookup, environment, `Command`), `state` (per-tenant state
-//! directories), `task` (the actor and the
+//! directories), `sandbox` (the Landlock policy and its application), `task` (the actor and the
 //! stop sequence's steps), `stop` (process-group signalling and cleanup), `framing`,
 //! `stderr`.
 
 mod framing;
+pub mod sandbox;
 mod spawn;
 pub mod state;
 mod stderr;
@@ -33,6 +34,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
 use crate::clients::ClientSpec;
+use sandbox::{SandboxReport, SandboxSettings};
 
 pub use stderr::{
     STDERR_LINES_PER_SEC, STDERR_MAX_LINE_BYTES, STDERR_TAIL_LINE_BYTES, STDERR_TAIL_LINES,
@@ -53,6 +55,8 @@ pub struct ChildSettings {
     pub stop_grace: Duration,
     /// The state root (`--state-dir`): one directory per tenant, created on its first spawn.
     pub state_dir: PathBuf,
+    /// The daemon-wide sandbox decision (`--sandbox`).
+    pub sandbox: SandboxSettings,
 }
 
 /// What a child reports, in order; `Exited` is always the last event.
@@ -114,6 +118,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The spawn failed with "permission denied" under the sandbox: most likely the policy
+    /// denied something the command needs (its interpreter, say).
+    #[error("failed to start {command} under the sandbox: {source}")]
+    SandboxDenied {
+        /// The command as written in the client file.
+        command: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+        /// What the sandbox was.
+        report: SandboxReport,
+    },
     /// The child is gone or stopping; nothing more can be sent.
     #[error("child process is not running")]
     Gone,
@@ -122,10 +138,21 @@ pub enum Error {
     Full,
 }
 
+impl Error {
+    /// The JSON-RPC `error.data` for a caller whose request needed this child.
+    pub fn data(&self) -> serde_json::Value {
+        match self {
+            Self::SandboxDenied { report, .. } => sandbox::denied_data(report, &self.to_string()),
+            _ => serde_json::json!({ "error": self.to_string() }),
+        }
+    }
+}
+
 /// A handle to a running child; cheap to clone. Dropping the last clone stops the child.
 #[derive(Clone)]
 pub struct ChildHandle {
     pid: u32,
+    sandbox: Arc<SandboxReport>,
     inbox: mpsc::Sender<Bytes>,
     shared: Arc<Shared>,
     _stop_on_drop: Arc<StopOnDrop>,
@@ -165,6 +192,11 @@ impl ChildHandle {
     /// The child's pid (also its process group id).
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Whether (and how) the child is sandboxed.
+    pub fn sandbox(&self) -> &SandboxReport {
+        &self.sandbox
     }
 
     /// Queues one message (no trailing newline) for the child's stdin, waiting for room.
@@ -210,6 +242,7 @@ pub fn spawn(
 ) -> Result<(ChildHandle, mpsc::Receiver<ChildEvent>), Error> {
     let started = spawn::start(spec, settings)?;
     let pid = started.pid;
+    let sandbox = Arc::new(started.sandbox.clone());
     let shared = Arc::new(Shared::default());
     let (inbox_tx, inbox_rx) = mpsc::channel(STDIN_QUEUE_LEN);
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE_LEN);
@@ -223,6 +256,7 @@ pub fn spawn(
     );
     let handle = ChildHandle {
         pid,
+        sandbox,
         inbox: inbox_tx,
         _stop_on_drop: Arc::new(StopOnDrop(shared.stop.clone())),
         shared,
@@ -256,6 +290,7 @@ mod tests {
             idle_ttl: Duration::from_secs(300),
             token_sha256: None,
             limits: Limits::default(),
+            sandbox: Default::default(),
             content_hash: [0; 32],
         }
     }
@@ -283,7 +318,14 @@ mod tests {
             max_line_bytes: 1 << 20,
             stop_grace: Duration::from_millis(grace_ms),
             state_dir: state_root(),
+            sandbox: sandboxed(),
         }
+    }
+
+    /// The daemon's default: sandboxed where the kernel can (these machines can).
+    fn sandboxed() -> SandboxSettings {
+        let root = state_root();
+        SandboxSettings::decide(sandbox::Mode::Auto, sandbox::probe(), &[&root], None).unwrap()
     }
 
     async fn next_line(rx: &mut mpsc::Receiver<ChildEvent>) -> Bytes {

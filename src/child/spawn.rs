@@ -17,6 +17,7 @@ use nix::sys::resource::Resource;
 use nix::unistd::Pid;
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 
+use super::sandbox::{self, Prepared, SandboxReport};
 use super::{ChildSettings, Error, state};
 use crate::clients::{ClientSpec, Limits, Secret};
 
@@ -34,6 +35,8 @@ pub(super) struct Started {
     pub(super) stdin: ChildStdin,
     pub(super) stdout: ChildStdout,
     pub(super) stderr: ChildStderr,
+    /// Whether (and how) it is sandboxed.
+    pub(super) sandbox: SandboxReport,
 }
 
 /// The daemon's own values of the base variables it passes on.
@@ -73,13 +76,34 @@ pub(super) fn start(spec: &ClientSpec, settings: &ChildSettings) -> Result<Start
         .and_then(|exe| exe.parent().map(Path::to_path_buf));
     let path_var = env.get(OsStr::new("PATH")).cloned().unwrap_or_default();
     let program = resolve_command(&spec.command, &cwd, exe_dir.as_deref(), &path_var)?;
-    let child = command(&program, spec, &cwd, &env)
+    let (prepared, report) = sandbox::prepare(&settings.sandbox, &spec.sandbox, &program, &home)
+        .map_err(|e| spawn_error(io::Error::other(format!("cannot build its sandbox: {e}"))))?;
+    if let SandboxReport::Off(why) = &report {
+        if spec.sandbox == crate::clients::SandboxSpec::Off {
+            tracing::warn!(client_id = %spec.id, "child runs unsandboxed: {why}");
+        }
+    }
+    let sandboxed = prepared.is_some();
+    let child = command(&program, spec, &cwd, &env, prepared)
         .spawn()
-        .map_err(|e| spawn_error(explain_limits(e, spec.limits, hard_limit)))?;
-    take_pipes(child).map_err(spawn_error)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::PermissionDenied if sandboxed => Error::SandboxDenied {
+                command: spec.command.clone(),
+                source: e,
+                report: report.clone(),
+            },
+            _ => spawn_error(explain_limits(e, spec.limits, hard_limit)),
+        })?;
+    take_pipes(child, report).map_err(spawn_error)
 }
 
-fn command(program: &Path, spec: &ClientSpec, cwd: &Path, env: &ChildEnv) -> Command {
+fn command(
+    program: &Path,
+    spec: &ClientSpec,
+    cwd: &Path,
+    env: &ChildEnv,
+    sandbox: Option<Prepared>,
+) -> Command {
     let mut cmd = Command::new(program);
     cmd.arg0(&spec.command)
         .args(&spec.args)
@@ -92,23 +116,33 @@ fn command(program: &Path, spec: &ClientSpec, cwd: &Path, env: &ChildEnv) -> Com
         .stderr(Stdio::piped())
         // Safety net only (leader only, not graceful); the actor runs the real sequence.
         .kill_on_drop(true);
-    if spec.limits != Limits::default() {
-        apply_limits_on_exec(&mut cmd, spec.limits);
+    if spec.limits != Limits::default() || sandbox.is_some() {
+        restrict_on_exec(&mut cmd, spec.limits, sandbox);
     }
     cmd
 }
 
-/// Sets the tenant's `rlimit_*` in the child between fork and exec, so they bind the
-/// child (and everything it starts) but never the daemon.
+/// Sets the tenant's `rlimit_*` and enters its sandbox in the child between fork and
+/// exec, so they bind the child (and everything it starts) but never the daemon.
 #[allow(
     unsafe_code,
-    reason = "pre_exec is the only way to limit the child itself"
+    reason = "pre_exec is the only way to restrict the child itself"
 )]
-fn apply_limits_on_exec(cmd: &mut Command, limits: Limits) {
-    // SAFETY: the closure runs in the forked child before exec; it only calls
-    // setrlimit(2), which is async-signal-safe, allocates nothing and takes no locks.
+fn restrict_on_exec(cmd: &mut Command, limits: Limits, mut sandbox: Option<Prepared>) {
+    // SAFETY: the closure runs in the forked child of a threaded daemon, before exec, so
+    // it must be async-signal-safe. It only makes system calls: setrlimit(2), then (when
+    // sandboxed) prctl(2) and capset(2) through rustix's raw wrappers and
+    // landlock_restrict_self(2) on a ruleset built before fork. None allocates or takes a
+    // lock; the errors it returns are built from an errno (no allocation), and the ruleset
+    // it consumes owns nothing but a descriptor, closed with close(2).
     unsafe {
-        cmd.pre_exec(move || set_limits(limits).map_err(std::io::Error::from));
+        cmd.pre_exec(move || {
+            set_limits(limits).map_err(std::io::Error::from)?;
+            match sandbox.as_mut() {
+                Some(prepared) => prepared.apply_in_child(),
+                None => Ok(()),
+            }
+        });
     }
 }
 
@@ -164,7 +198,7 @@ fn explain_limits(
 }
 
 /// On error the child is dropped, and `kill_on_drop` ends it.
-fn take_pipes(mut child: Child) -> io::Result<Started> {
+fn take_pipes(mut child: Child, sandbox: SandboxReport) -> io::Result<Started> {
     let missing = |what| io::Error::other(format!("child {what} missing after spawn"));
     let pid = child.id().ok_or_else(|| missing("pid"))?;
     let raw = i32::try_from(pid).map_err(|_| missing("valid pid"))?;
@@ -178,6 +212,7 @@ fn take_pipes(mut child: Child) -> io::Result<Started> {
         stdin,
         stdout,
         stderr,
+        sandbox,
     })
 }
 

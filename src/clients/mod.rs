@@ -51,8 +51,27 @@ pub struct ClientSpec {
     pub token_sha256: Option<TokenHash>,
     /// Per-child resource limits (`rlimit_*` fields).
     pub limits: Limits,
+    /// The file's `sandbox` field.
+    pub sandbox: SandboxSpec,
     /// SHA-256 of the file's bytes: a reload whose hash is unchanged restarts nothing.
     pub content_hash: [u8; 32],
+}
+
+/// A client file's `sandbox` field: paths added to the default policy, or opting out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SandboxSpec {
+    /// No `sandbox` field (or `true`): the default policy.
+    #[default]
+    Default,
+    /// `{"read": [...], "write": [...]}`: absolute, existing paths added to the policy.
+    Extra {
+        /// Read and execute.
+        read: Vec<PathBuf>,
+        /// Read, write and execute.
+        write: Vec<PathBuf>,
+    },
+    /// `false`: this tenant's child runs unsandboxed.
+    Off,
 }
 
 /// Resource limits applied to a tenant's child; `None` leaves the daemon's own limit.

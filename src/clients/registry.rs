@@ -188,6 +188,7 @@ mod tests {
             idle_ttl: Duration::from_secs(300),
             token_sha256: None,
             limits: Limits::default(),
+            sandbox: Default::default(),
             content_hash,
         })
     }

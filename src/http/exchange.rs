@@ -465,7 +465,7 @@ pub(super) fn start_failed(id: &str, err: StartError) -> Response<Body> {
             return ApiError::unavailable("TOO_MANY_CHILDREN", msg, 1).into_response();
         }
         StartError::NotInitialized => None,
-        StartError::Spawn(error) => Some(json!({ "error": error })),
+        StartError::Spawn { data, .. } => Some(data),
         StartError::Rejected { child_error, exit } => {
             let mut data = exit.map_or_else(|| json!({}), |e| exit::report(&e.info, &e.limits).1);
             if let Some(obj) = data.as_object_mut() {

@@ -129,14 +129,32 @@ pub fn echo_spec() -> Value {
     json!({"command": "mcp-echo"})
 }
 
+/// The system's Python (under `/usr`, which the sandbox grants) when there is one; a
+/// `python3` found first on `PATH` may be a shim (pyenv) whose tree the sandbox denies.
+pub fn system_python() -> &'static str {
+    if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
+/// The fixtures directory, which a Python fixture's client file grants read access to
+/// (`"sandbox": {"read": [...]}`), as an operator would for a script outside the system trees.
+pub fn fixtures_dir() -> PathBuf {
+    repo_root().join("tests/fixtures")
+}
+
 /// The Python raw fixture child, `tests/fixtures/fake_child.py`, with `args` after the script.
 pub fn fake_child_spec(args: &[&str]) -> Value {
-    let script = repo_root().join("tests/fixtures/fake_child.py");
+    let script = fixtures_dir().join("fake_child.py");
     let mut argv = vec![Value::from(
         script.to_str().expect("repo path must be UTF-8"),
     )];
     argv.extend(args.iter().map(|a| Value::from(*a)));
-    json!({"command": "python3", "args": argv})
+    let fixtures = fixtures_dir();
+    let read = fixtures.to_str().expect("repo path must be UTF-8");
+    json!({"command": system_python(), "args": argv, "sandbox": {"read": [read]}})
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -847,6 +865,11 @@ impl ChildLog {
         }
     }
 
+    /// The directory the log file is in.
+    pub fn dir(&self) -> &str {
+        self._dir.path().to_str().expect("temp path must be UTF-8")
+    }
+
     /// The path to pass as `--log-file`.
     pub fn path(&self) -> &str {
         self.path.to_str().expect("temp path must be UTF-8")
@@ -879,11 +902,14 @@ impl ChildLog {
     }
 }
 
-/// [`fake_child_spec`] with `--log-file` pointing at `log`, then `args`.
+/// [`fake_child_spec`] with `--log-file` pointing at `log` (whose directory the sandbox
+/// lets it write), then `args`.
 pub fn logged_fake_child_spec(log: &ChildLog, args: &[&str]) -> Value {
     let mut all = vec!["--log-file", log.path()];
     all.extend(args);
-    fake_child_spec(&all)
+    let mut spec = fake_child_spec(&all);
+    spec["sandbox"]["write"] = json!([log.dir()]);
+    spec
 }
 
 /// The child's pid, from its `pid` tool (both the fake child and `mcp-echo` have one).
