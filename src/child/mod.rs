@@ -264,6 +264,38 @@ pub fn spawn(
     Ok((handle, events_rx))
 }
 
+/// Child settings for unit tests across the crate.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// One state root for the whole test binary, removed by nobody: tests only create
+    /// tenant directories under it, in the system temp dir.
+    pub(crate) fn state_root() -> PathBuf {
+        static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        ROOT.get_or_init(|| {
+            let dir = tempfile::Builder::new()
+                .prefix("mcpmux-child-tests-")
+                .tempdir()
+                .unwrap();
+            dir.keep()
+        })
+        .clone()
+    }
+
+    /// The daemon's defaults: sandboxed where the kernel can (these machines can).
+    pub(crate) fn settings(grace_ms: u64) -> ChildSettings {
+        let root = state_root();
+        let status = sandbox::probe();
+        ChildSettings {
+            max_line_bytes: 1 << 20,
+            stop_grace: Duration::from_millis(grace_ms),
+            sandbox: SandboxSettings::decide(sandbox::Mode::Auto, status, &[&root], None).unwrap(),
+            state_dir: root,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Real processes (`sh`, `cat`, `env`, `sleep`); every wait bounded.
@@ -299,34 +331,7 @@ mod tests {
         spec("sh", &["-c", script])
     }
 
-    /// One state root for the whole test binary, removed by nobody: tests only create
-    /// tenant directories under it, in the system temp dir.
-    fn state_root() -> PathBuf {
-        static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-        ROOT.get_or_init(|| {
-            let dir = tempfile::Builder::new()
-                .prefix("mcpmux-child-tests-")
-                .tempdir()
-                .unwrap();
-            dir.keep()
-        })
-        .clone()
-    }
-
-    fn settings(grace_ms: u64) -> ChildSettings {
-        ChildSettings {
-            max_line_bytes: 1 << 20,
-            stop_grace: Duration::from_millis(grace_ms),
-            state_dir: state_root(),
-            sandbox: sandboxed(),
-        }
-    }
-
-    /// The daemon's default: sandboxed where the kernel can (these machines can).
-    fn sandboxed() -> SandboxSettings {
-        let root = state_root();
-        SandboxSettings::decide(sandbox::Mode::Auto, sandbox::probe(), &[&root], None).unwrap()
-    }
+    use super::testing::{settings, state_root};
 
     async fn next_line(rx: &mut mpsc::Receiver<ChildEvent>) -> Bytes {
         let event = timeout(WAIT, rx.recv())

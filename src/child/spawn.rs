@@ -78,10 +78,8 @@ pub(super) fn start(spec: &ClientSpec, settings: &ChildSettings) -> Result<Start
     let program = resolve_command(&spec.command, &cwd, exe_dir.as_deref(), &path_var)?;
     let (prepared, report) = sandbox::prepare(&settings.sandbox, &spec.sandbox, &program, &home)
         .map_err(|e| spawn_error(io::Error::other(format!("cannot build its sandbox: {e}"))))?;
-    if let SandboxReport::Off(why) = &report {
-        if spec.sandbox == crate::clients::SandboxSpec::Off {
-            tracing::warn!(client_id = %spec.id, "child runs unsandboxed: {why}");
-        }
+    if let (SandboxReport::Off(why), crate::clients::SandboxSpec::Off) = (&report, &spec.sandbox) {
+        tracing::warn!(client_id = %spec.id, "child runs unsandboxed: {why}");
     }
     let sandboxed = prepared.is_some();
     let child = command(&program, spec, &cwd, &env, prepared)

@@ -12,7 +12,7 @@ use tokio::time::timeout;
 
 use crate::util::{
     ChildLog, Daemon, HTTP_TIMEOUT, TempClients, call_tool, child_pid, echo_spec, fake_child_spec,
-    initialize, initialize_params, logged_fake_child_spec, post, processes_with_marker, repo_root,
+    initialize, initialize_params, logged_fake_child_spec, post, processes_with_marker,
     wait_no_process_with_marker, zombie_children_of,
 };
 
