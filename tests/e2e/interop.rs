@@ -64,7 +64,7 @@ pub fn everything_entry() -> PathBuf {
 
 /// A client file running server-everything on stdio under node, sandboxed: its package tree
 /// (outside the system trees) is granted read access.
-fn everything_spec() -> Value {
+pub(crate) fn everything_spec() -> Value {
     let modules = repo_root().join("tests/interop/node_modules");
     json!({
         "command": "node",
