@@ -15,8 +15,8 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 
 use crate::util::{
-    ACCEPT_BOTH, Daemon, TempClients, admin_get, echo_spec, fake_child_spec, initialize,
-    isolated_command, mcp_request,
+    ACCEPT_BOTH, Daemon, TempClients, admin_get, echo_spec, error_parts, fake_child_spec,
+    initialize, isolated_command, mcp_request,
 };
 
 /// The HTTP/2 client connection preface (RFC 9113 §3.4), without SETTINGS.
@@ -504,4 +504,91 @@ async fn an_open_sse_stream_is_not_idle() {
     })
     .await;
     assert_eq!(found, Ok(true), "{}", String::from_utf8_lossy(&seen));
+}
+
+/// A `tools/call` of the fake child's `echo` whose message nests `depth` levels (the
+/// message is level 1), with `marker` at the bottom.
+fn nested_call(id: u64, depth: usize, marker: &str) -> Vec<u8> {
+    // message(1) > params(2) > arguments(3) > "v": [[...]] down to `depth`.
+    let inner = depth.saturating_sub(3);
+    format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"v":{}"{marker}"{}}}}}}}"#,
+        "[".repeat(inner),
+        "]".repeat(inner)
+    )
+    .into_bytes()
+}
+
+async fn post_raw(daemon: &Daemon, session: &str, body: Vec<u8>) -> reqwest::Response {
+    mcp_request(daemon, reqwest::Method::POST, Some("edge"), Some(session))
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn messages_nested_deeper_than_128_levels_are_refused_at_once_both_ways() {
+    let log = crate::util::ChildLog::new();
+    let clients = TempClients::new();
+    clients.write("edge", &crate::util::logged_fake_child_spec(&log, &[]));
+    let daemon = Daemon::start(&clients, &[]).await;
+    let session = initialize(&daemon, "edge").await;
+    let marker = crate::util::unique_marker();
+
+    for depth in [129, 200, 100_000] {
+        let started = Instant::now();
+        let resp = post_raw(&daemon, &session, nested_call(7, depth, &marker)).await;
+        let (status, _, body) = error_parts(resp).await;
+        let took = started.elapsed();
+        assert_eq!(status, 400, "{depth} deep: {body}");
+        assert_eq!(body["error"]["code"], -32700, "{depth} deep: {body}");
+        assert_eq!(
+            body["error"]["message"], "parse error: nested deeper than 128 levels",
+            "{body}"
+        );
+        assert!(took < Duration::from_secs(1), "{depth} deep took {took:?}");
+    }
+    // 100 and 128 levels are served; the child's answer to the 128-deep call is one level
+    // deeper (it echoes the params inside its result), so that request fails at once with
+    // an error naming the cause instead of waiting for --request-timeout.
+    let resp = post_raw(&daemon, &session, nested_call(8, 100, &marker)).await;
+    assert_eq!(resp.status(), 200);
+    let answer = crate::util::messages(resp).await;
+    let answer = crate::util::response_to(&answer, &json!(8));
+    assert!(
+        answer.get("result").is_some(),
+        "100 deep is served: {answer:#}"
+    );
+    let received = || {
+        let lines = log.lines();
+        lines.iter().filter(|l| l.contains(marker.as_str())).count()
+    };
+    assert_eq!(received(), 1, "only the 100-deep call reached the child");
+
+    let started = Instant::now();
+    let resp = post_raw(&daemon, &session, nested_call(9, 128, &marker)).await;
+    assert_eq!(resp.status(), 200);
+    let text = timeout(PROMPT, resp.text()).await.unwrap().unwrap();
+    let took = started.elapsed();
+    let data = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data: ").filter(|d| !d.is_empty()))
+        .unwrap_or(&text);
+    let answer: Value = serde_json::from_str(data).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(answer["id"], 9, "{answer}");
+    assert_eq!(answer["error"]["code"], -32603, "{answer}");
+    assert_eq!(
+        answer["error"]["message"],
+        "the child's response is nested deeper than 128 levels; mcpmux does not relay it"
+    );
+    assert!(
+        took < PROMPT,
+        "failed at once, not at the request timeout: {took:?}"
+    );
+    assert_eq!(received(), 2, "the 128-deep call reached the child");
+    // Nothing else was lost: the session goes on.
+    let called = crate::util::call_tool(&daemon, "edge", &session, "echo", json!({})).await;
+    assert!(called.get("result").is_some(), "{called}");
 }
