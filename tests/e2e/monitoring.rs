@@ -46,7 +46,7 @@ async fn promtool_unit_tests_of_the_alert_rules_pass() {
     let rules = rules_path();
     let (ok, out) = promtool(&["check", "rules", rules.to_str().unwrap()]).await;
     assert!(
-        ok && out.contains("SUCCESS: 7 rules found"),
+        ok && out.contains("SUCCESS: 8 rules found"),
         "promtool check rules: {out}"
     );
     let tests = repo_root().join("deploy/prometheus/mcpmux-rules.test.yml");
