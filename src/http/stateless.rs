@@ -8,20 +8,24 @@
 //! never resumable (the era has no `Last-Event-ID`), and closing one cancels the request
 //! at the child. The MCP rules themselves live in [`crate::mcp::stateless`].
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
+use serde_json::value::RawValue;
 use tracing::debug;
 
 use super::body::Body;
 use super::error::{empty, json_response};
-use super::exchange::{self, Accept, Era, Post, single, start_failed};
+use super::exchange::{self, Accept, Era, Parker, Post, single, start_failed};
 use super::mcp::{SESSION_HEADER, VERSION_HEADER};
 use crate::mcp::call::Call;
-use crate::mcp::envelope::{self, Kind, METHOD_NOT_FOUND};
+use crate::mcp::envelope::{self, INTERNAL_ERROR, INVALID_PARAMS, Kind, METHOD_NOT_FOUND};
 use crate::mcp::relay::Relay;
+use crate::mcp::rounds::{self, Rounds};
+use crate::mcp::session::CallerCaps;
 use crate::mcp::stateless::{self as rules, Admitted, Header, Headers, Rejection, RequestMeta};
 
 /// The method header of 2026-07-28.
@@ -70,8 +74,80 @@ pub(super) async fn serve(post: &Post<'_>, meta: &RequestMeta<'_>) -> Response<B
     let era = StatelessEra {
         method: method.to_owned(),
         init_params,
+        asks: rules::asks(method, &admitted),
+        rounds: post.ctx.tenant.rounds.clone(),
+        digest: rounds::request_digest(method, post.env.params),
     };
-    exchange::relay(post, era).await
+    let fields = rounds::round_fields(post.env.params);
+    match fields.request_state {
+        Some(state) if era.asks.is_some() => retry(post, era, state, fields.input_responses).await,
+        _ => exchange::relay(post, era).await,
+    }
+}
+
+/// A retry of an `input_required` round: the parked call resumes, the caller's answer goes
+/// to the child, and this reply carries what the call does next.
+async fn retry(
+    post: &Post<'_>,
+    era: StatelessEra,
+    state: &RawValue,
+    responses: Option<&RawValue>,
+) -> Response<Body> {
+    let Ok(state) = serde_json::from_str::<Cow<'_, str>>(state.get()) else {
+        return invalid(post.id(), "requestState must be a string");
+    };
+    let mut resumed = match era.rounds.resume(&state, &era.digest) {
+        Ok(resumed) => resumed,
+        Err(e) => return invalid(post.id(), &e.to_string()),
+    };
+    let id = Bytes::copy_from_slice(post.id().as_bytes());
+    let token = envelope::progress_token(post.env.params);
+    let token = token.map(|t| Bytes::copy_from_slice(t.get().as_bytes()));
+    resumed.call.resume(id, token);
+    let Some(answer) = rounds::response_for(responses, &resumed.key) else {
+        // Asked, not answered: ask again rather than fail (SEP-2322 error handling).
+        return match era.rounds.ask_again(resumed) {
+            Ok(reply) => era.answer(reply, post.accept),
+            Err(call) => refused(call, "too many calls wait for input"),
+        };
+    };
+    let (relay, owner) = (resumed.call.relay().clone(), resumed.call.input_owner());
+    if !relay.answer_input(&owner, &resumed.key, answer).await {
+        debug!(client_id = %post.ctx.tenant.id, key = %resumed.key, "input response for a request the child no longer waits for");
+    }
+    let timeout = post.app.settings.request_timeout;
+    exchange::respond(resumed.call, era, post.accept, timeout).await
+}
+
+/// 400 with "invalid params", under the request's id.
+fn invalid(id: &str, why: &str) -> Response<Body> {
+    let message = envelope::error_response(id, INVALID_PARAMS, why, None);
+    json_response(StatusCode::BAD_REQUEST, message.into())
+}
+
+/// The error for a call that cannot go on (dropping it cancels it at the child).
+fn refused(call: Call, why: &str) -> Response<Body> {
+    let id = String::from_utf8_lossy(call.orig_id()).into_owned();
+    let message = envelope::error_response(&id, INTERNAL_ERROR, why, None);
+    json_response(StatusCode::OK, message.into())
+}
+
+/// Parks `call` on the child's `request` and gives the `input_required` reply, or, when it
+/// cannot, refuses the child's request at once and gives the call back.
+fn park(rounds: &Arc<Rounds>, digest: [u8; 32], call: Call, request: Bytes) -> Result<Bytes, Call> {
+    match rounds.park(call, &request, digest) {
+        Ok(reply) => Ok(reply),
+        Err(call) => {
+            let key = envelope::parse(&request)
+                .ok()
+                .and_then(|env| env.id.map(|id| id.get().to_owned()));
+            if let Some(key) = key {
+                let why = "mcpmux cannot ask the caller now";
+                call.relay().refuse_input(&call.input_owner(), &key, why);
+            }
+            Err(call)
+        }
+    }
 }
 
 /// One routing header; repeated or non-ASCII values can match nothing.
@@ -94,6 +170,11 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Header<'h> {
 struct StatelessEra {
     method: String,
     init_params: String,
+    /// What the caller declared it can be asked (for the methods that allow rounds).
+    asks: Option<CallerCaps>,
+    rounds: Arc<Rounds>,
+    /// Of the request's method and params, binding its `requestState`s to it.
+    digest: [u8; 32],
 }
 
 impl Era for StatelessEra {
@@ -103,6 +184,14 @@ impl Era for StatelessEra {
 
     fn first_params(&self) -> Option<&str> {
         Some(&self.init_params)
+    }
+
+    fn asks(&self) -> Option<CallerCaps> {
+        self.asks
+    }
+
+    fn child_request(&self, call: Call, request: Bytes) -> Result<Bytes, Call> {
+        park(&self.rounds, self.digest, call, request)
     }
 
     fn local<'a>(
@@ -126,10 +215,13 @@ impl Era for StatelessEra {
     /// Progress, then the final reply, as SSE. Closing the stream is cancellation in this
     /// era: dropping the call tells the child `notifications/cancelled`.
     fn stream(self, call: Call, first: Bytes, timeout: Duration) -> Response<Body> {
+        let (rounds, digest) = (self.rounds, self.digest);
+        let parker: Option<Parker> = self.asks.map(|_| -> Parker {
+            Box::new(move |call, request| park(&rounds, digest, call, request))
+        });
         let method = self.method;
-        exchange::stream_plain(call, first, timeout, move |reply| {
-            rules::complete_reply(&method, reply)
-        })
+        let finish = move |reply| rules::complete_reply(&method, reply);
+        exchange::stream_plain(call, first, timeout, finish, parker)
     }
 }
 

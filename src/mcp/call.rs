@@ -96,6 +96,40 @@ impl Call {
     pub fn orig_id(&self) -> &[u8] {
         &self.orig_id
     }
+
+    /// The relay the call runs on.
+    pub fn relay(&self) -> &Arc<Relay> {
+        &self.relay
+    }
+
+    /// A related message already queued, without waiting.
+    pub fn try_next(&mut self) -> Option<CallEvent> {
+        self.related.try_recv().ok().map(CallEvent::Related)
+    }
+
+    /// The name under which the child's requests to this (stateless) call's caller are
+    /// registered (see [`input_owner`]).
+    pub fn input_owner(&self) -> Arc<str> {
+        input_owner(self.child_id)
+    }
+
+    /// Parks the call between rounds (no reply open): its progress reaches nobody.
+    pub fn park(&mut self) {
+        self.relay.reassign(self.child_id, None);
+    }
+
+    /// Resumes a parked call for a retry: its response and progress go out under the
+    /// retry's `id` and progress token.
+    pub fn resume(&mut self, id: Bytes, token: Option<Bytes>) {
+        self.orig_id = id.clone();
+        self.relay.reassign(self.child_id, Some((id, token)));
+    }
+}
+
+/// The owner of a stateless call's child requests in the relay's reverse map; never a
+/// session id (those are hex).
+pub fn input_owner(child_id: u64) -> Arc<str> {
+    Arc::from(format!("call-{child_id}"))
 }
 
 impl Drop for Call {

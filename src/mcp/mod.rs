@@ -22,6 +22,7 @@ pub mod exit;
 pub mod interest;
 pub mod relay;
 pub mod reverse;
+pub mod rounds;
 pub mod session;
 pub mod stateless;
 pub mod stream;

@@ -14,11 +14,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::json;
+use serde_json::value::RawValue;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::call::{Call, CallEvent, InflightGuard};
+use super::call::{Call, CallEvent, InflightGuard, input_owner};
 use super::envelope::{self, Envelope, INTERNAL_ERROR, Kind, METHOD_NOT_FOUND, span_of, splice};
 use super::exit;
 use super::interest::{self, Told};
@@ -40,8 +41,34 @@ struct Pending {
     /// Whether the caller's reply can carry messages before the response (it accepts SSE):
     /// only such a reply may be offered the child's own requests.
     streams: bool,
+    /// For a stateless caller: what it can be asked through `input_required` rounds.
+    asks: Option<CallerCaps>,
+    /// When the request reached the child, in the order requests did (0: not yet).
+    reached: u64,
     related: mpsc::Sender<Bytes>,
     done: oneshot::Sender<Bytes>,
+}
+
+/// Who a request is for, as the pending map keeps it.
+struct Caller {
+    orig_id: Bytes,
+    orig_token: Option<Bytes>,
+    session: Option<Arc<str>>,
+    streams: bool,
+    asks: Option<CallerCaps>,
+}
+
+impl Caller {
+    /// mcpmux itself (its `initialize`): no session, nothing to route to it.
+    fn own() -> Self {
+        Self {
+            orig_id: Bytes::from_static(b"0"),
+            orig_token: None,
+            session: None,
+            streams: false,
+            asks: None,
+        }
+    }
 }
 
 /// One running child and everything in flight on it.
@@ -52,6 +79,8 @@ pub struct Relay {
     limits: Limits,
     started: Instant,
     next_id: AtomicU64,
+    /// Counts requests as they reach the child (see [`Pending::reached`]).
+    reached: AtomicU64,
     pending: Mutex<HashMap<u64, Pending>>,
     alive: AtomicBool,
     retiring: AtomicBool,
@@ -100,6 +129,7 @@ impl Relay {
             limits,
             started: now,
             next_id: AtomicU64::new(1),
+            reached: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             alive: AtomicBool::new(true),
             retiring: AtomicBool::new(false),
@@ -198,13 +228,15 @@ impl Relay {
     }
 
     /// Sends a caller's request (its raw bytes and envelope) and returns the pending call;
-    /// `streams` says whether its reply can carry messages before the response (SSE).
+    /// `streams` says whether its reply can carry messages before the response (SSE), and
+    /// `asks` what a stateless caller can be asked in `input_required` rounds.
     pub async fn call(
         self: &Arc<Self>,
         message: &[u8],
         env: &Envelope<'_>,
         session: Option<Arc<str>>,
         streams: bool,
+        asks: Option<CallerCaps>,
     ) -> Result<Call, SendError> {
         let orig_id = env.id.map(|id| Bytes::copy_from_slice(id.get().as_bytes()));
         let orig_id = orig_id.unwrap_or_else(|| Bytes::from_static(b"null"));
@@ -220,8 +252,14 @@ impl Relay {
             edits.push((span, child_id_text.as_bytes()));
         }
         let line = Bytes::from(splice(message, &mut edits));
-        self.send_request(child_id, line, orig_id, orig_token, session, streams)
-            .await
+        let caller = Caller {
+            orig_id,
+            orig_token,
+            session,
+            streams,
+            asks,
+        };
+        self.send_request(child_id, line, caller).await
     }
 
     /// Sends `initialize` with the given raw params; returns the raw `result`.
@@ -235,14 +273,7 @@ impl Relay {
             r#"{{"jsonrpc":"2.0","id":{child_id},"method":"initialize","params":{params}}}"#
         );
         let mut call = self
-            .send_request(
-                child_id,
-                line.into(),
-                Bytes::from_static(b"0"),
-                None,
-                None,
-                false,
-            )
+            .send_request(child_id, line.into(), Caller::own())
             .await
             .map_err(|e| InitError::Failed(e.to_string()))?;
         call.uncancellable(); // initialize must never be cancelled (MCP lifecycle)
@@ -298,7 +329,7 @@ impl Relay {
         env: &Envelope<'_>,
         timeout: Duration,
     ) -> Bytes {
-        let mut call = match self.call(message, env, None, false).await {
+        let mut call = match self.call(message, env, None, false, None).await {
             Ok(call) => call,
             Err(e) => {
                 let id = env.id.map_or("null", |id| id.get());
@@ -339,11 +370,9 @@ impl Relay {
         self: &Arc<Self>,
         child_id: u64,
         line: Bytes,
-        orig_id: Bytes,
-        orig_token: Option<Bytes>,
-        session: Option<Arc<str>>,
-        streams: bool,
+        caller: Caller,
     ) -> Result<Call, SendError> {
+        let orig_id = caller.orig_id.clone();
         let (related_tx, related) = mpsc::channel(RELATED_QUEUE);
         let (done_tx, done) = oneshot::channel();
         let guard = InflightGuard::new(self.clone());
@@ -354,10 +383,12 @@ impl Relay {
                 return Err(SendError::Gone(self.exit_message()));
             }
             let entry = Pending {
-                orig_id: orig_id.clone(),
-                orig_token,
-                session,
-                streams,
+                orig_id: caller.orig_id,
+                orig_token: caller.orig_token,
+                session: caller.session,
+                streams: caller.streams,
+                asks: caller.asks,
+                reached: 0,
                 related: related_tx,
                 done: done_tx,
             };
@@ -366,6 +397,9 @@ impl Relay {
         let call = Call::new(self.clone(), child_id, orig_id, related, done, guard);
         if let Err(e) = self.child.send(line).await {
             return Err(SendError::Gone(format!("{}: {e}", self.exit_message())));
+        }
+        if let Some(entry) = lock(&self.pending).get_mut(&child_id) {
+            entry.reached = self.reached.fetch_add(1, Ordering::Relaxed);
         }
         Ok(call)
     }
@@ -461,14 +495,14 @@ impl Relay {
         let Some(id) = env.id else { return };
         let method = env.method.as_deref().unwrap_or_default();
         if let Some(can) = reverse::capable(method)
-            && self.forward_to_caller(line, id.get(), can)
+            && self.forward_to_caller(line, id.get(), method, can)
         {
             return;
         }
         let reply = if method == "ping" {
             format!(r#"{{"jsonrpc":"2.0","id":{},"result":{{}}}}"#, id.get()).into_bytes()
         } else {
-            let message = format!("no session of this tenant can answer {method}");
+            let message = format!("no caller of this tenant can answer {method}");
             envelope::error_response(id.get(), METHOD_NOT_FOUND, &message, None)
         };
         // Never leave the child waiting: an answer goes back at once.
@@ -477,17 +511,25 @@ impl Relay {
         }
     }
 
-    /// Sends a child request to one capable session: on the SSE reply of a request it has
-    /// in flight if any, else on its GET stream. False when no session can take it.
-    fn forward_to_caller(&self, line: &[u8], child_id: &str, can: fn(&CallerCaps) -> bool) -> bool {
+    /// Sends a child request to one capable caller: on the reply of the request that
+    /// reached the child most recently among those whose caller can take it (a session's
+    /// SSE reply, or a stateless call, which asks in an `input_required` round), else on a
+    /// capable session's GET stream. False when nobody can take it.
+    ///
+    /// A stdio child does not say which call caused its request; "most recent" is exact
+    /// when calls reach the child one after the other, a guess when they overlap.
+    fn forward_to_caller(
+        &self,
+        line: &[u8],
+        child_id: &str,
+        method: &str,
+        can: fn(&CallerCaps) -> bool,
+    ) -> bool {
         let Some(span) = span_of(line, child_id) else {
             return false;
         };
-        for (session, related) in self.inflight_sessions() {
-            if !self.sessions.get(&session).is_some_and(|s| can(&s.caps)) {
-                continue;
-            }
-            let caller_id = self.reverse.register(child_id, session);
+        for (owner, related) in self.inflight_callers(method, can) {
+            let caller_id = self.reverse.register(child_id, owner);
             let out = Bytes::from(splice(
                 line,
                 &mut [(span.clone(), caller_id.to_string().as_bytes())],
@@ -511,15 +553,83 @@ impl Relay {
         false
     }
 
-    /// Sessions with a request in flight whose reply can carry a request (SSE), each with
-    /// that request's reply channel.
-    fn inflight_sessions(&self) -> Vec<(Arc<str>, mpsc::Sender<Bytes>)> {
-        let pending = lock(&self.pending);
-        pending
-            .values()
-            .filter(|p| p.streams)
-            .filter_map(|p| Some((p.session.clone()?, p.related.clone())))
+    /// The requests in flight whose caller can be asked `method`, most recently reached
+    /// first, each with its owner (session, or the stateless call's [`input_owner`]) and
+    /// reply channel.
+    fn inflight_callers(
+        &self,
+        method: &str,
+        can: fn(&CallerCaps) -> bool,
+    ) -> Vec<(Arc<str>, mpsc::Sender<Bytes>)> {
+        // `inputRequests` may hold only sampling, elicitation and roots requests.
+        let in_rounds = method != "ping";
+        let mut found: Vec<(u64, Arc<str>, mpsc::Sender<Bytes>)> = {
+            let pending = lock(&self.pending);
+            pending
+                .iter()
+                .filter(|(_, p)| p.reached > 0)
+                .filter_map(|(id, p)| match (&p.session, p.asks) {
+                    (Some(session), _) if p.streams => {
+                        Some((p.reached, session.clone(), p.related.clone()))
+                    }
+                    (None, Some(caps)) if in_rounds && can(&caps) => {
+                        Some((p.reached, input_owner(*id), p.related.clone()))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        // Sessions' capabilities are looked up outside the pending lock.
+        found.retain(|(_, owner, _)| {
+            owner.starts_with("call-") || self.sessions.get(owner).is_some_and(|s| can(&s.caps))
+        });
+        found.sort_by_key(|(reached, _, _)| std::cmp::Reverse(*reached));
+        found
+            .into_iter()
+            .map(|(_, owner, related)| (owner, related))
             .collect()
+    }
+
+    /// Points a pending request's answers at another caller id and progress token (a
+    /// stateless retry resuming it), or, with `None`, drops its progress (parked).
+    pub(super) fn reassign(&self, child_id: u64, to: Option<(Bytes, Option<Bytes>)>) {
+        let mut pending = lock(&self.pending);
+        let Some(entry) = pending.get_mut(&child_id) else {
+            return;
+        };
+        match to {
+            Some((id, token)) => {
+                entry.orig_id = id;
+                entry.orig_token = token;
+            }
+            None => entry.orig_token = None,
+        }
+    }
+
+    /// Answers the child's request `key` (asked of `owner` in an `input_required` round)
+    /// with `result`; false when no such request waits.
+    pub async fn answer_input(&self, owner: &str, key: &str, result: &RawValue) -> bool {
+        let Some(child_id) = self.reverse.answer(owner, key) else {
+            return false;
+        };
+        let child_id = String::from_utf8_lossy(&child_id);
+        let line = format!(
+            r#"{{"jsonrpc":"2.0","id":{child_id},"result":{}}}"#,
+            result.get()
+        );
+        self.child.send(line.into()).await.is_ok()
+    }
+
+    /// Fails the child's request `key` (asked of `owner`) with a JSON-RPC error, at once.
+    pub fn refuse_input(&self, owner: &str, key: &str, why: &str) {
+        let Some(child_id) = self.reverse.answer(owner, key) else {
+            return;
+        };
+        let child_id = String::from_utf8_lossy(&child_id);
+        let reply = envelope::error_response(&child_id, INTERNAL_ERROR, why, None);
+        if self.child.try_send(reply.into()).is_err() {
+            debug!(client_id = %self.client_id, "could not refuse the child's request: input queue full");
+        }
     }
 
     /// A caller's answer to a child request: restores the child's id and forwards it.

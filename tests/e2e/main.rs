@@ -21,6 +21,7 @@ mod mux;
 mod ops;
 mod origin;
 mod reload;
+mod rounds;
 mod smoke;
 mod stateless;
 mod streams;

@@ -26,7 +26,7 @@ const MODERN_CODES: std::ops::RangeInclusive<i64> = -32022..=-32020;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The `_meta` a 2026-07-28 caller puts on every request.
-fn modern_meta() -> Value {
+pub(crate) fn modern_meta() -> Value {
     json!({
         "io.modelcontextprotocol/protocolVersion": STATELESS,
         "io.modelcontextprotocol/clientCapabilities": {},
@@ -35,15 +35,15 @@ fn modern_meta() -> Value {
 }
 
 /// One stateless POST: a body and the headers sent with it, valid until a test edits them.
-struct Probe {
-    body: Value,
+pub(crate) struct Probe {
+    pub(crate) body: Value,
     headers: Vec<(&'static str, String)>,
 }
 
 impl Probe {
     /// A conforming request: `_meta` in the params, `MCP-Protocol-Version`, `Mcp-Method`, and
     /// `Mcp-Name` where the spec requires it.
-    fn valid(id: Value, method: &str, mut params: Value) -> Probe {
+    pub(crate) fn valid(id: Value, method: &str, mut params: Value) -> Probe {
         params["_meta"] = modern_meta();
         let mut headers = vec![
             ("MCP-Protocol-Version", STATELESS.to_owned()),
@@ -79,7 +79,7 @@ impl Probe {
     }
 
     /// Sets (`Some`) or removes (`None`) one `_meta` key.
-    fn meta(mut self, key: &str, value: Option<Value>) -> Probe {
+    pub(crate) fn meta(mut self, key: &str, value: Option<Value>) -> Probe {
         let meta = self.body["params"]["_meta"].as_object_mut().unwrap();
         match value {
             Some(value) => meta.insert(key.to_owned(), value),
@@ -93,7 +93,7 @@ impl Probe {
         self
     }
 
-    async fn send(&self, daemon: &Daemon, client_id: &str) -> reqwest::Response {
+    pub(crate) async fn send(&self, daemon: &Daemon, client_id: &str) -> reqwest::Response {
         let mut req = daemon
             .http()
             .post(daemon.url())
@@ -110,7 +110,7 @@ impl Probe {
     }
 
     /// Sends, asserts 200 without a session id, and returns the response to this request.
-    async fn answer(&self, daemon: &Daemon, client_id: &str) -> Value {
+    pub(crate) async fn answer(&self, daemon: &Daemon, client_id: &str) -> Value {
         let resp = self.send(daemon, client_id).await;
         assert_eq!(
             resp.status(),
@@ -127,7 +127,7 @@ impl Probe {
 }
 
 /// Reads a refusal: its status and its JSON-RPC error object, checking the id is echoed.
-async fn refusal(resp: reqwest::Response, id: &Value) -> (u16, Value) {
+pub(crate) async fn refusal(resp: reqwest::Response, id: &Value) -> (u16, Value) {
     let status = resp.status().as_u16();
     let ctype = resp.headers().get("content-type").cloned();
     let body: Value = timeout(HTTP_TIMEOUT, resp.json())

@@ -6,7 +6,10 @@ Connects to URL in session mode (initialize) with `X-Client-ID`, declaring sampl
 exits 0. Any failure, including the overall deadline and every wait inside a scenario, prints the
 reason to stderr and exits 1, so a caller never hangs on it.
 
-    fidelity_client.py URL --client-id ID --scenario NAME [--timeout SECS]
+    fidelity_client.py URL --client-id ID --scenario NAME [--mode MODE] [--timeout SECS]
+
+MODE is the SDK's connect mode: `legacy` (initialize, the default here), `auto` (the SDK's own
+default: server/discover, then 2026-07-28 for the whole connection) or `2026-07-28`.
 
 Scenarios (server-everything as the child unless noted):
   progress     tools/list, then trigger-long-running-operation with a progress callback;
@@ -224,6 +227,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("url")
     p.add_argument("--client-id", required=True, help="value of the X-Client-ID header")
     p.add_argument("--scenario", required=True, choices=sorted(SCENARIOS))
+    p.add_argument("--mode", default="legacy", help="Client mode: legacy, auto or a modern version")
     p.add_argument("--timeout", type=float, default=60.0, help="deadline for the whole run, seconds")
     return p.parse_args(argv)
 
@@ -235,7 +239,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             transport = streamable_http_client(args.url, http_client=http)
             client = Client(
                 transport,
-                mode="legacy",
+                mode=args.mode,
                 sampling_callback=rec.on_sampling,
                 elicitation_callback=rec.on_elicitation,
                 logging_callback=rec.on_log,

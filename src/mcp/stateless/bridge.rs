@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 
 use super::{Admitted, CHILD_VERSION, META_SERVER_INFO, SUPPORTED_VERSIONS};
 use crate::mcp::envelope::{METHOD_NOT_FOUND, span_of, splice};
+use crate::mcp::session::CallerCaps;
 
 /// Results that must carry `ttlMs` and `cacheScope` (2026-07-28 `CacheableResult`).
 /// `server/discover` is one too, but mcpmux builds that result itself.
@@ -44,6 +45,26 @@ struct ClientCapsWire<'a> {
     sampling: Option<&'a RawValue>,
     #[serde(borrow)]
     elicitation: Option<&'a RawValue>,
+}
+
+/// Methods whose calls may be answered with an `input_required` result (SEP-2322).
+const ROUND_METHODS: [&str; 3] = ["tools/call", "prompts/get", "resources/read"];
+
+/// What a stateless caller of `method` can be asked in `input_required` rounds: the
+/// capabilities it declared for this request, or `None` for methods that must not be
+/// answered with `input_required`.
+pub fn asks(method: &str, admitted: &Admitted<'_>) -> Option<CallerCaps> {
+    if !ROUND_METHODS.contains(&method) {
+        return None;
+    }
+    let caps: Option<ClientCapsWire<'_>> =
+        serde_json::from_str(admitted.client_capabilities.get()).ok();
+    let caps = caps?;
+    Some(CallerCaps {
+        sampling: caps.sampling.is_some(),
+        elicitation: caps.elicitation.is_some(),
+        roots: caps.roots.is_some(),
+    })
 }
 
 /// `initialize` params for a child whose first caller is stateless: the newest

@@ -22,7 +22,7 @@ use serde_json::value::RawValue;
 
 use super::envelope::{Envelope, Kind};
 
-pub use bridge::{complete_reply, discover_result, init_params, is_method_not_found};
+pub use bridge::{asks, complete_reply, discover_result, init_params, is_method_not_found};
 pub use ladder::{Admitted, Rejection, decode_header_value, validate};
 
 /// The stateless protocol version mcpmux serves.
