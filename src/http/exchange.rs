@@ -26,9 +26,11 @@ use super::body::{Body, SseBody};
 use super::error::{ApiError, json_response, rpc_error};
 use crate::clients::ClientSpec;
 use crate::mcp::call::{Call, CallEvent};
+use crate::mcp::control;
 use crate::mcp::envelope::{self, Envelope, INTERNAL_ERROR, INVALID_REQUEST, Kind};
 use crate::mcp::exit;
-use crate::mcp::relay::{Relay, SendError};
+use crate::mcp::interest::Level;
+use crate::mcp::relay::{CallFor, Relay, SendError};
 use crate::mcp::session::CallerCaps;
 use crate::pool::{StartError, Tenant};
 
@@ -79,6 +81,11 @@ pub(super) trait Era: Send + Sync {
     fn owner(&self) -> Option<Arc<str>>;
     /// What the caller can be asked in `input_required` rounds (stateless callers only).
     fn asks(&self) -> Option<CallerCaps> {
+        None
+    }
+    /// The least severe child log message the caller wants on its reply (stateless
+    /// callers that opted in only).
+    fn log_level(&self) -> Option<Level> {
         None
     }
     /// A child's request arrived before anything was sent: the reply that asks the caller
@@ -300,11 +307,19 @@ impl<E: Era + Sync> Handing for ToChild<'_, E> {
         if let Some(reply) = self.era.local(relay, post).await {
             return Ok(Sent::Local(reply));
         }
-        let (owner, asks) = (self.era.owner(), self.era.asks());
-        let streams = post.accept.sse;
-        let call = relay
-            .call(post.body, post.env, owner, streams, asks)
-            .await?;
+        let to = CallFor {
+            session: self.era.owner(),
+            streams: post.accept.sse,
+            asks: self.era.asks(),
+            log_level: self.era.log_level(),
+        };
+        // The child must be verbose enough before the request reaches it.
+        let level = match to.log_level {
+            Some(level) => Some(control::hold_level(relay, level).await),
+            None => None,
+        };
+        let mut call = relay.call(post.body, post.env, to).await?;
+        call.hold(level);
         Ok(Sent::Call(call))
     }
 }

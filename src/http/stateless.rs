@@ -23,6 +23,7 @@ use super::exchange::{self, Accept, Era, Parker, Post, single, start_failed};
 use super::mcp::{SESSION_HEADER, VERSION_HEADER};
 use crate::mcp::call::Call;
 use crate::mcp::envelope::{self, INTERNAL_ERROR, INVALID_PARAMS, Kind, METHOD_NOT_FOUND};
+use crate::mcp::interest::Level;
 use crate::mcp::relay::Relay;
 use crate::mcp::rounds::{self, Rounds};
 use crate::mcp::session::CallerCaps;
@@ -65,6 +66,10 @@ pub(super) async fn serve(post: &Post<'_>, meta: &RequestMeta<'_>) -> Response<B
     if let Some(why) = rules::not_in_this_era(method) {
         return not_found(post.id(), &why);
     }
+    let log_level = match rules::log_level(meta) {
+        Ok(level) => level,
+        Err(why) => return invalid(post.id(), &why),
+    };
     // The child was perhaps never initialized: then mcpmux does it, for this caller.
     let init_params = rules::init_params(&admitted);
     if method == "server/discover" {
@@ -75,6 +80,7 @@ pub(super) async fn serve(post: &Post<'_>, meta: &RequestMeta<'_>) -> Response<B
         method: method.to_owned(),
         init_params,
         asks: rules::asks(method, &admitted),
+        log_level,
         rounds: post.ctx.tenant.rounds.clone(),
         digest: rounds::request_digest(method, post.env.params),
     };
@@ -172,6 +178,8 @@ struct StatelessEra {
     init_params: String,
     /// What the caller declared it can be asked (for the methods that allow rounds).
     asks: Option<CallerCaps>,
+    /// The least severe child log message the caller wants on its reply.
+    log_level: Option<Level>,
     rounds: Arc<Rounds>,
     /// Of the request's method and params, binding its `requestState`s to it.
     digest: [u8; 32],
@@ -188,6 +196,10 @@ impl Era for StatelessEra {
 
     fn asks(&self) -> Option<CallerCaps> {
         self.asks
+    }
+
+    fn log_level(&self) -> Option<Level> {
+        self.log_level
     }
 
     fn child_request(&self, call: Call, request: Bytes) -> Result<Bytes, Call> {

@@ -34,6 +34,8 @@ pub struct Call {
     finished: bool,
     cancellable: bool,
     _guard: InflightGuard,
+    /// Whatever must live exactly as long as the call (a log-level wish).
+    held: Option<Box<dyn Send + Sync>>,
 }
 
 impl Call {
@@ -54,6 +56,7 @@ impl Call {
             finished: false,
             cancellable: true,
             _guard: guard,
+            held: None,
         }
     }
 
@@ -95,6 +98,11 @@ impl Call {
     /// The caller's id for this request, exactly as it was sent.
     pub fn orig_id(&self) -> &[u8] {
         &self.orig_id
+    }
+
+    /// Keeps `value` alive as long as the call.
+    pub fn hold<T: Send + Sync + 'static>(&mut self, value: Option<T>) {
+        self.held = value.map(|v| Box::new(v) as Box<dyn Send + Sync>);
     }
 
     /// The relay the call runs on.

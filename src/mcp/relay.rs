@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 use super::call::{Call, CallEvent, InflightGuard, input_owner};
 use super::envelope::{self, Envelope, INTERNAL_ERROR, Kind, METHOD_NOT_FOUND, span_of, splice};
 use super::exit;
-use super::interest::{self, Told};
+use super::interest::{self, Level, Told};
 use super::reverse::{self, ReverseRequests};
 use super::session::{CallerCaps, Sessions};
 use crate::child::{ChildEvent, ChildHandle, ExitInfo, ExitReason};
@@ -43,10 +43,25 @@ struct Pending {
     streams: bool,
     /// For a stateless caller: what it can be asked through `input_required` rounds.
     asks: Option<CallerCaps>,
+    /// For a stateless caller that opted in: the least severe log message it wants.
+    log_level: Option<Level>,
     /// When the request reached the child, in the order requests did (0: not yet).
     reached: u64,
     related: mpsc::Sender<Bytes>,
     done: oneshot::Sender<Bytes>,
+}
+
+/// Whom a caller's request is for, and what its reply can carry.
+#[derive(Debug, Default, Clone)]
+pub struct CallFor {
+    /// The caller's session, if it has one.
+    pub session: Option<Arc<str>>,
+    /// Whether its reply can carry messages before the response (it accepts SSE).
+    pub streams: bool,
+    /// For a stateless caller: what it can be asked in `input_required` rounds.
+    pub asks: Option<CallerCaps>,
+    /// For a stateless caller that opted in: the least severe log message it wants.
+    pub log_level: Option<Level>,
 }
 
 /// Who a request is for, as the pending map keeps it.
@@ -56,6 +71,7 @@ struct Caller {
     session: Option<Arc<str>>,
     streams: bool,
     asks: Option<CallerCaps>,
+    log_level: Option<Level>,
 }
 
 impl Caller {
@@ -67,6 +83,7 @@ impl Caller {
             session: None,
             streams: false,
             asks: None,
+            log_level: None,
         }
     }
 }
@@ -227,16 +244,13 @@ impl Relay {
         })
     }
 
-    /// Sends a caller's request (its raw bytes and envelope) and returns the pending call;
-    /// `streams` says whether its reply can carry messages before the response (SSE), and
-    /// `asks` what a stateless caller can be asked in `input_required` rounds.
+    /// Sends a caller's request (its raw bytes and envelope) for `to` and returns the
+    /// pending call.
     pub async fn call(
         self: &Arc<Self>,
         message: &[u8],
         env: &Envelope<'_>,
-        session: Option<Arc<str>>,
-        streams: bool,
-        asks: Option<CallerCaps>,
+        to: CallFor,
     ) -> Result<Call, SendError> {
         let orig_id = env.id.map(|id| Bytes::copy_from_slice(id.get().as_bytes()));
         let orig_id = orig_id.unwrap_or_else(|| Bytes::from_static(b"null"));
@@ -255,9 +269,10 @@ impl Relay {
         let caller = Caller {
             orig_id,
             orig_token,
-            session,
-            streams,
-            asks,
+            session: to.session,
+            streams: to.streams,
+            asks: to.asks,
+            log_level: to.log_level,
         };
         self.send_request(child_id, line, caller).await
     }
@@ -329,7 +344,7 @@ impl Relay {
         env: &Envelope<'_>,
         timeout: Duration,
     ) -> Bytes {
-        let mut call = match self.call(message, env, None, false, None).await {
+        let mut call = match self.call(message, env, CallFor::default()).await {
             Ok(call) => call,
             Err(e) => {
                 let id = env.id.map_or("null", |id| id.get());
@@ -388,6 +403,7 @@ impl Relay {
                 session: caller.session,
                 streams: caller.streams,
                 asks: caller.asks,
+                log_level: caller.log_level,
                 reached: 0,
                 related: related_tx,
                 done: done_tx,
@@ -459,7 +475,8 @@ impl Relay {
             Some("notifications/message") => {
                 let level = interest::level_of(env.params).and_then(|(_, level)| level);
                 let reached = self.sessions.notify_log(level, line);
-                debug!(client_id = %self.client_id, ?level, reached, "child log message");
+                let to_call = self.log_to_call(level, line);
+                debug!(client_id = %self.client_id, ?level, reached, to_call, "child log message");
             }
             _ => {
                 // list_changed and anything unknown: every session, once, on its GET stream.
@@ -588,6 +605,26 @@ impl Relay {
             .into_iter()
             .map(|(_, owner, related)| (owner, related))
             .collect()
+    }
+
+    /// Puts a log message on the reply of the stateless request that opted in to it (its
+    /// `_meta` log level admits the message's level) and reached the child most recently:
+    /// a stdio child's log line names no request, so the same attribution rule as for the
+    /// child's requests. Only replies that stream (SSE) can carry it.
+    fn log_to_call(&self, level: Option<Level>, line: &Bytes) -> bool {
+        let Some(level) = level else {
+            return false; // an unknown level cannot be compared with any request's
+        };
+        let target = {
+            let pending = lock(&self.pending);
+            pending
+                .values()
+                .filter(|p| p.streams && p.reached > 0)
+                .filter(|p| p.log_level.is_some_and(|min| level >= min))
+                .max_by_key(|p| p.reached)
+                .map(|p| p.related.clone())
+        };
+        target.is_some_and(|related| related.try_send(line.clone()).is_ok())
     }
 
     /// Points a pending request's answers at another caller id and progress token (a

@@ -21,6 +21,7 @@ mod mux;
 mod ops;
 mod origin;
 mod reload;
+mod request_logs;
 mod rounds;
 mod smoke;
 mod stateless;

@@ -21,6 +21,8 @@ Scenarios (server-everything as the child unless noted):
   prompts      prompts/list, prompts/get of args-prompt.
   completion   completion/complete for a prompt argument (with context) and a template argument.
   logging      logging/setLevel debug, toggle-simulated-logging, wait for notifications/message.
+  request-logs (2026-07-28 modes, with --log-level) toggle-simulated-logging, then a 6 s
+               trigger-long-running-operation: logs arrive only on those calls' replies.
   ping         ping the child.
   answer-ping  (fake child) call its `ask` tool with method ping: the child pings this client.
   cancel       start trigger-long-running-operation, cancel it after its first progress, then
@@ -173,6 +175,14 @@ async def scenario_logging(client: Client, rec: Recorder) -> dict[str, Any]:
     return {"toggle": tool_outcome(toggled), "logs": rec.logs}
 
 
+async def scenario_request_logs(client: Client, rec: Recorder) -> dict[str, Any]:
+    toggled = await client.call_tool("toggle-simulated-logging", {})
+    # The child logs once at once, then every 5 s: this call spans at least one tick.
+    await client.call_tool("trigger-long-running-operation", {"duration": 6, "steps": 2})
+    await wait_for(rec.log_arrived, NOTIFICATION_WAIT, "a notifications/message on a call's reply")
+    return {"toggle": tool_outcome(toggled), "logs": rec.logs}
+
+
 async def scenario_ping(client: Client, _rec: Recorder) -> dict[str, Any]:
     result = await client.send_ping()
     return {"ping": result.model_dump(mode="json", by_alias=True, exclude_none=True)}
@@ -216,6 +226,7 @@ SCENARIOS = {
     "prompts": scenario_prompts,
     "completion": scenario_completion,
     "logging": scenario_logging,
+    "request-logs": scenario_request_logs,
     "ping": scenario_ping,
     "answer-ping": scenario_answer_ping,
     "cancel": scenario_cancel,
@@ -228,6 +239,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--client-id", required=True, help="value of the X-Client-ID header")
     p.add_argument("--scenario", required=True, choices=sorted(SCENARIOS))
     p.add_argument("--mode", default="legacy", help="Client mode: legacy, auto or a modern version")
+    p.add_argument("--log-level", default=None, help="the Client's log_level (2026-07-28 opt-in to logs)")
     p.add_argument("--timeout", type=float, default=60.0, help="deadline for the whole run, seconds")
     return p.parse_args(argv)
 
@@ -240,6 +252,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             client = Client(
                 transport,
                 mode=args.mode,
+                log_level=args.log_level,
                 sampling_callback=rec.on_sampling,
                 elicitation_callback=rec.on_elicitation,
                 logging_callback=rec.on_log,

@@ -20,11 +20,18 @@ const MODES: [&str; 3] = ["legacy", "auto", "2026-07-28"];
 
 /// Runs `fidelity_client.py <url> --client-id <id> --scenario <scenario>`; returns its summary.
 async fn python_scenario(daemon: &Daemon, client_id: &str, scenario: &str) -> Value {
-    python_scenario_in(daemon, client_id, scenario, "legacy").await
+    python_scenario_in(daemon, client_id, scenario, "legacy", &[]).await
 }
 
-/// [`python_scenario`] with the SDK in connect mode `mode`; checks the era it ended up in.
-async fn python_scenario_in(daemon: &Daemon, client_id: &str, scenario: &str, mode: &str) -> Value {
+/// [`python_scenario`] with the SDK in connect mode `mode` and `extra` arguments; checks the
+/// era it ended up in.
+async fn python_scenario_in(
+    daemon: &Daemon,
+    client_id: &str,
+    scenario: &str,
+    mode: &str,
+    extra: &[&str],
+) -> Value {
     let script = repo_root().join("tests/interop/fidelity_client.py");
     let mut cmd = Command::new(venv_python());
     cmd.arg(script)
@@ -37,6 +44,7 @@ async fn python_scenario_in(daemon: &Daemon, client_id: &str, scenario: &str, mo
             "--mode",
             mode,
         ])
+        .args(extra)
         .args(["--timeout", &(CLIENT_TIMEOUT.as_secs() - 10).to_string()])
         .stdin(Stdio::null())
         .kill_on_drop(true);
@@ -117,7 +125,7 @@ async fn sampling_in(mode: &str) {
     let (tap, fake) = (ChildLog::new(), ChildLog::new());
     let (_clients, daemon) = interop_daemon(&tap, &fake).await;
 
-    let summary = python_scenario_in(&daemon, "everything", "sampling", mode).await;
+    let summary = python_scenario_in(&daemon, "everything", "sampling", mode, &[]).await;
 
     let asked = summary["sampling_requests"].as_array().unwrap();
     assert_eq!(asked.len(), 1, "one sampling request, once: {summary:#}");
@@ -153,7 +161,7 @@ async fn elicitation_in(mode: &str) {
     let (tap, fake) = (ChildLog::new(), ChildLog::new());
     let (_clients, daemon) = interop_daemon(&tap, &fake).await;
 
-    let summary = python_scenario_in(&daemon, "everything", "elicitation", mode).await;
+    let summary = python_scenario_in(&daemon, "everything", "elicitation", mode, &[]).await;
 
     let asked = summary["elicitation_requests"].as_array().unwrap();
     assert_eq!(asked.len(), 1, "one elicitation request, once: {summary:#}");
@@ -266,6 +274,31 @@ async fn python_sdk_sets_its_log_level_and_receives_log_messages() {
         assert!(
             log["level"].is_string() && data.contains("message"),
             "log messages must arrive as the child wrote them: {summary:#}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn python_sdk_with_a_log_level_gets_the_childs_logs_on_its_calls_replies() {
+    // 2026-07-28 has no logging/setLevel: the SDK stamps its log_level on every request.
+    for mode in ["auto", "2026-07-28"] {
+        let (tap, fake) = (ChildLog::new(), ChildLog::new());
+        let (_clients, daemon) = interop_daemon(&tap, &fake).await;
+        let extra = ["--log-level", "debug"];
+        let summary = python_scenario_in(&daemon, "everything", "request-logs", mode, &extra).await;
+        let logs = summary["logs"].as_array().unwrap();
+        assert!(!logs.is_empty(), "{summary:#}");
+        for log in logs {
+            let data = log["data"].as_str().unwrap_or_default();
+            assert!(
+                log["level"].is_string() && data.contains("message"),
+                "log messages must arrive as the child wrote them: {summary:#}"
+            );
+        }
+        let set = tap.with_method("logging/setLevel");
+        assert!(
+            set.iter().any(|m| m["params"]["level"] == "debug"),
+            "the child must be set to the callers' level: {set:#?}"
         );
     }
 }
