@@ -15,18 +15,25 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
 use serde_json::value::RawValue;
+use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::body::Body;
+use super::body::SseBody;
 use super::error::{empty, json_response};
-use super::exchange::{self, Accept, Era, Parker, Post, single, start_failed};
+use super::exchange::{self, Accept, Era, Parker, Post, single, sse_response, start_failed};
 use super::mcp::{SESSION_HEADER, VERSION_HEADER};
 use crate::mcp::call::Call;
-use crate::mcp::envelope::{self, INTERNAL_ERROR, INVALID_PARAMS, Kind, METHOD_NOT_FOUND};
+use crate::mcp::control;
+use crate::mcp::envelope::{
+    self, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, Kind, METHOD_NOT_FOUND,
+};
 use crate::mcp::interest::Level;
+use crate::mcp::listen;
 use crate::mcp::relay::Relay;
 use crate::mcp::rounds::{self, Rounds};
 use crate::mcp::session::CallerCaps;
+use crate::mcp::session::Listening;
 use crate::mcp::stateless::{self as rules, Admitted, Header, Headers, Rejection, RequestMeta};
 
 /// The method header of 2026-07-28.
@@ -74,6 +81,9 @@ pub(super) async fn serve(post: &Post<'_>, meta: &RequestMeta<'_>) -> Response<B
     let init_params = rules::init_params(&admitted);
     if method == "server/discover" {
         return discover(post, &init_params).await;
+    }
+    if method == "subscriptions/listen" {
+        return listen(post, &init_params).await;
     }
     log_admitted(post, &admitted);
     let era = StatelessEra {
@@ -261,6 +271,52 @@ fn refuse(id: &str, rejection: &Rejection) -> Response<Body> {
 fn not_found(id: &str, why: &str) -> Response<Body> {
     let message = envelope::error_response(id, METHOD_NOT_FOUND, why, None);
     json_response(StatusCode::NOT_FOUND, message.into())
+}
+
+/// `subscriptions/listen`: the acknowledgment with the honored filter, then the child's
+/// change notifications the caller asked for, tagged, until the caller closes the stream;
+/// on shutdown or the tenant's removal the stream ends with the listen request's response.
+async fn listen(post: &Post<'_>, init_params: &str) -> Response<Body> {
+    if !post.accept.sse {
+        let msg = "subscriptions/listen answers with a stream: Accept must allow text/event-stream";
+        let message = envelope::error_response(post.id(), INVALID_REQUEST, msg, None);
+        return json_response(StatusCode::NOT_ACCEPTABLE, message.into());
+    }
+    let (pool, ctx) = (&post.app.pool, post.ctx);
+    let (relay, cache) = match pool.relay(&ctx.tenant, &ctx.spec, Some(init_params)).await {
+        Ok(ready) => ready,
+        Err(e) => return start_failed(post.id(), e),
+    };
+    let can_subscribe = listen::child_can_subscribe(&cache.result);
+    let honored = match listen::honor(post.env.params, can_subscribe) {
+        Ok(honored) => honored,
+        Err(why) => return invalid(post.id(), &why),
+    };
+    let id = Bytes::copy_from_slice(post.id().as_bytes());
+    let listening = ctx.tenant.sessions.listen(honored.clone(), &id);
+    control::listen_to(&relay, &listening.key, honored.uris()).await;
+    let (tx, body) = mpsc::channel(listen::LISTEN_QUEUE);
+    let _ = tx.try_send(listen::acknowledged(&id, &honored)); // fresh channel with room
+    let shutdown = post.app.shutdown.clone();
+    let Listening { mut rx, guard, .. } = listening;
+    // Owned by the response body: ends when the caller closes it, or (gracefully) on
+    // shutdown or when the tenant goes; the guard then unsubscribes.
+    tokio::spawn(async move {
+        let _guard = guard;
+        loop {
+            let message = tokio::select! {
+                () = shutdown.cancelled() => None,
+                () = tx.closed() => return,
+                message = rx.recv() => message,
+            };
+            let Some(message) = message else { break };
+            if tx.send(message).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(listen::ended(&id)).await;
+    });
+    sse_response(SseBody::new(body, None, Box::new(())))
 }
 
 /// `server/discover`, answered from the child's cached `initialize` result.

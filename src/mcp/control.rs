@@ -280,3 +280,20 @@ impl Drop for LevelWish {
         });
     }
 }
+
+/// Subscribes listener `key` to `uris` (together with the sessions' subscriptions) and
+/// brings the child in line before returning.
+pub async fn listen_to<'a>(relay: &Relay, key: &Arc<str>, uris: impl Iterator<Item = &'a String>) {
+    let sessions = relay.sessions();
+    let _serial = sessions.control().await;
+    {
+        let mut interest = sessions.interest();
+        for uri in uris {
+            // Bounded by the listen filter's own limits, which match these.
+            if let Err(e) = interest.subscribe(key, uri) {
+                debug!(uri, error = %e, "listener subscription refused");
+            }
+        }
+    }
+    sync_locked(relay).await;
+}

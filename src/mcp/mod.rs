@@ -20,6 +20,7 @@ pub mod control;
 pub mod envelope;
 pub mod exit;
 pub mod interest;
+pub mod listen;
 pub mod relay;
 pub mod reverse;
 pub mod rounds;

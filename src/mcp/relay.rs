@@ -467,10 +467,11 @@ impl Relay {
         match env.method.as_deref() {
             Some("notifications/progress") => self.on_progress(line, env),
             Some("notifications/cancelled") => self.on_child_cancelled(line, env),
-            Some("notifications/resources/updated") => {
+            Some(method @ "notifications/resources/updated") => {
                 let uri = interest::uri_of(env.params).unwrap_or_default();
                 let reached = self.sessions.notify_subscribers(&uri, line);
-                debug!(client_id = %self.client_id, uri, reached, "resource updated");
+                let listening = self.sessions.listens().notify(method, Some(&uri), line);
+                debug!(client_id = %self.client_id, uri, reached, listening, "resource updated");
             }
             Some("notifications/message") => {
                 let level = interest::level_of(env.params).and_then(|(_, level)| level);
@@ -478,10 +479,13 @@ impl Relay {
                 let to_call = self.log_to_call(level, line);
                 debug!(client_id = %self.client_id, ?level, reached, to_call, "child log message");
             }
-            _ => {
-                // list_changed and anything unknown: every session, once, on its GET stream.
+            method => {
+                // list_changed and anything unknown: every session, once, on its GET stream;
+                // list_changed also to the listeners that asked for that kind.
                 let reached = self.sessions.notify_all(line);
-                debug!(client_id = %self.client_id, method = ?env.method, reached, "child notification");
+                let method = method.unwrap_or_default();
+                let listening = self.sessions.listens().notify(method, None, line);
+                debug!(client_id = %self.client_id, method, reached, listening, "child notification");
             }
         }
     }

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::interest::{Interest, Level};
+use super::listen::{self, Honored, Listens};
 use super::stream::{EventId, GET_STREAM, ResumeError, Streams};
 use crate::sync::lock;
 
@@ -104,6 +105,8 @@ pub struct Sessions {
     control: tokio::sync::Mutex<()>,
     /// Bumped when sessions ended with subscriptions or a level, so relays re-plan.
     changes: watch::Sender<u64>,
+    /// Stateless callers' `subscriptions/listen` streams.
+    listens: Listens,
 }
 
 impl Default for Sessions {
@@ -114,6 +117,7 @@ impl Default for Sessions {
             interest: Mutex::default(),
             control: tokio::sync::Mutex::new(()),
             changes: watch::Sender::new(0),
+            listens: Listens::default(),
         }
     }
 }
@@ -166,9 +170,35 @@ impl Sessions {
     }
 
     fn ended(&self, session: &Session) {
-        if lock(&self.interest).remove_session(&session.id) {
+        self.forget(&session.id);
+    }
+
+    /// Forgets what `key` (a session, or a listener's key) asked of the child; the relays
+    /// re-plan when that leaves the child with something to undo.
+    fn forget(&self, key: &str) {
+        if lock(&self.interest).remove_session(key) {
             self.changes.send_modify(|n| *n = n.wrapping_add(1));
         }
+    }
+
+    /// Registers a `subscriptions/listen` stream (request id `id`) that follows `honored`;
+    /// it counts as an open stream until its guard drops.
+    pub fn listen(self: &Arc<Self>, honored: Honored, id: &[u8]) -> Listening {
+        let (n, rx) = self.listens.add(honored, id);
+        self.open_streams.fetch_add(1, Ordering::AcqRel);
+        Listening {
+            key: listen::key(n),
+            rx,
+            guard: ListenGuard {
+                sessions: self.clone(),
+                n,
+            },
+        }
+    }
+
+    /// The tenant's listeners.
+    pub fn listens(&self) -> &Listens {
+        &self.listens
     }
 
     /// Ends every session (the tenant was removed; its child goes too). Replies to requests
@@ -179,6 +209,7 @@ impl Sessions {
             lock(&session.streams).close_get();
             self.ended(&session);
         }
+        self.listens.close_all(); // each listen stream ends gracefully
     }
 
     /// Number of sessions.
@@ -311,6 +342,32 @@ impl Sessions {
     /// Changes whenever an ended session leaves the child with something to undo.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+}
+
+/// A registered listener: its interest key, its tagged notifications (ending when the
+/// tenant goes), and the guard that unregisters it.
+pub struct Listening {
+    /// Its key in [`Interest`].
+    pub key: Arc<str>,
+    /// The child's notifications it asked for, tagged.
+    pub rx: mpsc::Receiver<Bytes>,
+    /// Unregisters it (and its subscriptions) when dropped.
+    pub guard: ListenGuard,
+}
+
+/// Unregisters a listener when dropped: its URIs leave the wish list, and the relays
+/// unsubscribe the child from those nobody else follows.
+pub struct ListenGuard {
+    sessions: Arc<Sessions>,
+    n: u64,
+}
+
+impl Drop for ListenGuard {
+    fn drop(&mut self) {
+        self.sessions.listens.remove(self.n);
+        self.sessions.forget(&listen::key(self.n));
+        self.sessions.open_streams.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

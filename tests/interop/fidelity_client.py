@@ -23,6 +23,10 @@ Scenarios (server-everything as the child unless noted):
   logging      logging/setLevel debug, toggle-simulated-logging, wait for notifications/message.
   request-logs (2026-07-28 modes, with --log-level) toggle-simulated-logging, then a 6 s
                trigger-long-running-operation: logs arrive only on those calls' replies.
+  listen-resource (2026-07-28 modes) client.listen(resource_subscriptions=[SUBSCRIBED_URI]),
+               then toggle-subscriber-updates; summary `honored` and the first `event`.
+  listen-tools (fake child, 2026-07-28 modes) client.listen(tools_list_changed=True), then its
+               `notify` tool; summary `honored` and the first `event`.
   ping         ping the child.
   answer-ping  (fake child) call its `ask` tool with method ping: the child pings this client.
   cancel       start trigger-long-running-operation, cancel it after its first progress, then
@@ -183,6 +187,28 @@ async def scenario_request_logs(client: Client, rec: Recorder) -> dict[str, Any]
     return {"toggle": tool_outcome(toggled), "logs": rec.logs}
 
 
+def event_summary(event: Any) -> dict[str, Any]:
+    return {"type": type(event).__name__, **({"uri": event.uri} if hasattr(event, "uri") else {})}
+
+
+async def scenario_listen_resource(client: Client, _rec: Recorder) -> dict[str, Any]:
+    async with client.listen(resource_subscriptions=[SUBSCRIBED_URI]) as sub:
+        honored = sub.honored.model_dump(mode="json", by_alias=True, exclude_none=True)
+        toggled = await client.call_tool("toggle-subscriber-updates", {})
+        with anyio.fail_after(NOTIFICATION_WAIT):
+            event = await sub.__anext__()
+    return {"honored": honored, "toggle": tool_outcome(toggled), "event": event_summary(event)}
+
+
+async def scenario_listen_tools(client: Client, _rec: Recorder) -> dict[str, Any]:
+    async with client.listen(tools_list_changed=True) as sub:
+        honored = sub.honored.model_dump(mode="json", by_alias=True, exclude_none=True)
+        await client.call_tool("notify", {"marker": "listen"})
+        with anyio.fail_after(NOTIFICATION_WAIT):
+            event = await sub.__anext__()
+    return {"honored": honored, "event": event_summary(event)}
+
+
 async def scenario_ping(client: Client, _rec: Recorder) -> dict[str, Any]:
     result = await client.send_ping()
     return {"ping": result.model_dump(mode="json", by_alias=True, exclude_none=True)}
@@ -227,6 +253,8 @@ SCENARIOS = {
     "completion": scenario_completion,
     "logging": scenario_logging,
     "request-logs": scenario_request_logs,
+    "listen-resource": scenario_listen_resource,
+    "listen-tools": scenario_listen_tools,
     "ping": scenario_ping,
     "answer-ping": scenario_answer_ping,
     "cancel": scenario_cancel,

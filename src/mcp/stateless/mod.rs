@@ -62,14 +62,13 @@ pub const META_LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
 /// `_meta` key of the server's identity on results.
 pub const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
 
-/// Session-era methods that 2026-07-28 removed, and `subscriptions/listen`, which a
-/// session-era child cannot serve: answered "method not found" without the child.
-const NOT_IN_THIS_ERA: [&str; 5] = [
+/// Session-era methods that 2026-07-28 removed: answered "method not found" without the
+/// child.
+const NOT_IN_THIS_ERA: [&str; 4] = [
     "ping",
     "logging/setLevel",
     "resources/subscribe",
     "resources/unsubscribe",
-    "subscriptions/listen",
 ];
 
 /// One routing header as the transport received it.
@@ -201,12 +200,6 @@ pub fn not_in_this_era(method: &str) -> Option<String> {
     if !NOT_IN_THIS_ERA.contains(&method) {
         return None;
     }
-    if method == "subscriptions/listen" {
-        return Some(
-            "subscriptions/listen is not available through mcpmux: the child speaks a session-era protocol"
-                .into(),
-        );
-    }
     Some(format!(
         "{method} is not part of protocol {STATELESS_VERSION}"
     ))
@@ -273,7 +266,7 @@ mod tests {
     #[test]
     fn removed_methods_are_named() {
         assert!(not_in_this_era("ping").is_some());
-        assert!(not_in_this_era("subscriptions/listen").is_some());
+        assert!(not_in_this_era("subscriptions/listen").is_none(), "bridged");
         assert!(not_in_this_era("tools/call").is_none());
     }
 }

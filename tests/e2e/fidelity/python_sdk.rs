@@ -304,6 +304,45 @@ async fn python_sdk_with_a_log_level_gets_the_childs_logs_on_its_calls_replies()
 }
 
 #[tokio::test]
+async fn python_sdk_listens_for_a_resource_update_and_a_tools_list_change() {
+    for mode in ["auto", "2026-07-28"] {
+        let (tap, fake) = (ChildLog::new(), ChildLog::new());
+        let (_clients, daemon) = interop_daemon(&tap, &fake).await;
+
+        let summary = python_scenario_in(&daemon, "everything", "listen-resource", mode, &[]).await;
+        assert_eq!(
+            summary["honored"],
+            json!({"resourceSubscriptions": [SUBSCRIBED_URI]}),
+            "{summary:#}"
+        );
+        assert_eq!(
+            summary["event"],
+            json!({"type": "ResourceUpdated", "uri": SUBSCRIBED_URI}),
+            "{summary:#}"
+        );
+        let subscribes = tap.with_method("resources/subscribe");
+        assert_eq!(
+            subscribes.len(),
+            1,
+            "one subscribe for the URI: {subscribes:#?}"
+        );
+        assert_eq!(subscribes[0]["params"]["uri"], SUBSCRIBED_URI);
+
+        let summary = python_scenario_in(&daemon, "fake", "listen-tools", mode, &[]).await;
+        assert_eq!(
+            summary["honored"],
+            json!({"toolsListChanged": true}),
+            "{summary:#}"
+        );
+        assert_eq!(
+            summary["event"],
+            json!({"type": "ToolsListChanged"}),
+            "{summary:#}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn python_sdk_pings_the_child_and_answers_the_childs_ping() {
     let (tap, fake) = (ChildLog::new(), ChildLog::new());
     let (_clients, daemon) = interop_daemon(&tap, &fake).await;
