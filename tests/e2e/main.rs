@@ -16,6 +16,7 @@ mod http_errors;
 mod interop;
 mod lifecycle;
 mod limits;
+mod listen;
 mod manual;
 mod mux;
 mod ops;

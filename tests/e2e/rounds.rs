@@ -368,15 +368,24 @@ async fn sequential_callers_each_get_only_their_own_round_and_no_session_is_aske
         "{done_b:#}"
     );
 
-    // The session saw its priming event and nothing else.
+    // The session's GET stream got nothing but what every session gets: a list change the
+    // child sends now comes right after the priming event.
+    let notify = Probe::valid(
+        json!("n"),
+        "tools/call",
+        json!({"name": "notify", "arguments": {}}),
+    );
+    notify.answer(&daemon, "acme").await;
     let primed = get
         .next_event(HTTP_TIMEOUT, "the GET stream opens with a priming event")
         .await;
     assert!(primed.is_some_and(|e| e.data.is_empty()));
-    let more = timeout(Duration::from_millis(300), get.next_event(HTTP_TIMEOUT, "")).await;
-    assert!(
-        more.is_err(),
-        "no child request may reach an unrelated session: {more:?}"
+    let next = get
+        .next_message(HTTP_TIMEOUT, "the list change on the GET stream")
+        .await;
+    assert_eq!(
+        next["method"], "notifications/tools/list_changed",
+        "no child request may reach an unrelated session: {next:#}"
     );
 }
 
