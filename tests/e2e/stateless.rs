@@ -550,3 +550,25 @@ async fn dual_era_rmcp_client_preferring_a_session_era_version_falls_back_to_ini
     );
     let _ = timeout(CLIENT_TIMEOUT, client.cancel()).await;
 }
+
+#[tokio::test]
+async fn a_childs_retired_resource_not_found_code_reaches_stateless_callers_as_invalid_params() {
+    // 2026-07-28 forbids -32002; a session-era caller still gets the child's bytes.
+    let clients = TempClients::new();
+    clients.write("acme", &crate::util::fake_child_spec(&[]));
+    let daemon = Daemon::start(&clients, &[]).await;
+    let uri = json!("test://missing");
+    let probe = Probe::valid(json!(1), "resources/read", json!({"uri": uri}));
+    let answer = probe.answer(&daemon, "acme").await;
+    assert_eq!(
+        answer["error"],
+        json!({"code": -32602, "message": "Resource not found", "data": {"uri": uri}}),
+        "{answer:#}"
+    );
+    let session = initialize(&daemon, "acme").await;
+    let body =
+        json!({"jsonrpc": "2.0", "id": 2, "method": "resources/read", "params": {"uri": uri}});
+    let resp = post(&daemon, Some("acme"), Some(&session), &body).await;
+    let got = response_to(&messages(resp).await, &json!(2)).clone();
+    assert_eq!(got["error"]["code"], -32002, "{got:#}");
+}
