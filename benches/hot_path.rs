@@ -12,7 +12,9 @@
 //! - `progress`: a request carrying `_meta.progressToken` gets id and token rewritten, and a
 //!   `notifications/progress` from the child gets the caller's token back;
 //! - `tenant`: the `X-Client-ID` header rules and the bearer-token check;
-//! - `registry`: the tenant lookup every request makes, among 1,000 tenants.
+//! - `registry`: the tenant lookup every request makes, among 1,000 tenants;
+//! - `metrics`: the two series every answered request updates, through the cached handles
+//!   of `metrics::request` and, as the baseline, looked up in the recorder each time.
 
 #![allow(
     clippy::unwrap_used,
@@ -230,6 +232,57 @@ fn check_rewrites() {
     assert!(serde_json::from_slice::<serde_json::Value>(&out).is_ok());
 }
 
+/// What `metrics::request` did before it cached its handles: labels built and looked up
+/// in the recorder on every call.
+fn request_uncached(client_id: &str, method: &'static str, status: u16, took: Duration) {
+    let labels = [
+        ("client_id", client_id.to_string()),
+        ("method", method.to_string()),
+    ];
+    metrics::histogram!("mcpmux_request_duration_seconds", &labels).record(took.as_secs_f64());
+    let status = [
+        ("client_id", client_id.to_string()),
+        ("method", method.to_string()),
+        ("status", status.to_string()),
+    ];
+    metrics::counter!("mcpmux_requests_total", &status).increment(1);
+}
+
+fn metrics_request(c: &mut Criterion) {
+    let handle = mcpmux::metrics::install().unwrap();
+    // The recorder buffers every histogram sample until upkeep, as the daemon's 5 s task
+    // does; without it millions of iterations would pile up in memory.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let upkeep = {
+        let (handle, stop) = (handle.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                handle.run_upkeep();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let mut group = c.benchmark_group("metrics");
+    let took = Duration::from_micros(150);
+    group.bench_function("request_cached", |b| {
+        b.iter(|| mcpmux::metrics::request(black_box("demo"), "tools/call", 200, took))
+    });
+    group.bench_function("request_uncached", |b| {
+        b.iter(|| request_uncached(black_box("demo"), "tools/call", 200, took))
+    });
+    group.finish();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    upkeep.join().unwrap();
+    // Both must land in the same series (the recorder buffers samples until upkeep).
+    handle.run_upkeep();
+    let text = handle.render();
+    assert!(
+        text.contains(
+            r#"mcpmux_requests_total{client_id="demo",method="tools/call",status="200"}"#
+        )
+    );
+}
+
 fn benches(c: &mut Criterion) {
     check_rewrites();
     request(c);
@@ -237,6 +290,7 @@ fn benches(c: &mut Criterion) {
     progress(c);
     tenant_headers(c);
     registry(c);
+    metrics_request(c);
 }
 
 criterion_group! {

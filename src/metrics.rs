@@ -6,12 +6,16 @@
 //! drift from the truth. Label values are bounded: the method label is one of the MCP
 //! methods below or `other`, and requests not admitted to a tenant use client_id `-`.
 
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{Counter, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
+
+use crate::sync::lock;
 
 /// How often recorded histogram samples are folded into their buckets.
 pub const UPKEEP_PERIOD: Duration = Duration::from_secs(5);
@@ -114,19 +118,57 @@ pub async fn run_upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
     }
 }
 
+/// The two series one answered request updates.
+struct RequestSeries {
+    duration: Histogram,
+    total: Counter,
+}
+
+/// Handles by client_id, then (method, status): the recorder's lookup builds label
+/// strings and hashes the whole key, which cost more than the update itself on every
+/// request. Bounded like the recorder's own registry, which keeps every series it has
+/// seen: client_ids are configured tenants or `-`, methods and statuses are fixed sets.
+static REQUEST_SERIES: LazyLock<Mutex<RequestSeriesMap>> = LazyLock::new(Mutex::default);
+
+type RequestSeriesMap = HashMap<Box<str>, HashMap<(&'static str, u16), RequestSeries>>;
+
 /// One answered HTTP request.
 pub fn request(client_id: &str, method: &'static str, status: u16, took: Duration) {
+    let record = |series: &RequestSeries| {
+        series.duration.record(took.as_secs_f64());
+        series.total.increment(1);
+    };
+    {
+        // Both updates are atomics: cheap enough to make under the lock, which saves
+        // cloning the handles out.
+        let map = lock(&REQUEST_SERIES);
+        if let Some(series) = map.get(client_id).and_then(|m| m.get(&(method, status))) {
+            record(series);
+            return;
+        }
+    }
+    // First request with these labels: register outside the lock (the recorder has its own).
+    let made = request_series(client_id, method, status);
+    record(&made);
+    lock(&REQUEST_SERIES)
+        .entry(client_id.into())
+        .or_default()
+        .insert((method, status), made);
+}
+
+fn request_series(client_id: &str, method: &'static str, status: u16) -> RequestSeries {
     let labels = [
         ("client_id", client_id.to_string()),
         ("method", method.to_string()),
     ];
-    histogram!("mcpmux_request_duration_seconds", &labels).record(took.as_secs_f64());
+    let duration = histogram!("mcpmux_request_duration_seconds", &labels);
     let status = [
         ("client_id", client_id.to_string()),
         ("method", method.to_string()),
         ("status", status.to_string()),
     ];
-    counter!("mcpmux_requests_total", &status).increment(1);
+    let total = counter!("mcpmux_requests_total", &status);
+    RequestSeries { duration, total }
 }
 
 /// A child was started.

@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use crate::child::{self, ExitInfo, ExitReason};
 use crate::clients::{ClientId, ClientSpec, Diff, Limits, Registry};
+use crate::mcp::caps;
 use crate::mcp::control;
 use crate::mcp::relay::{InitError, Relay};
 use crate::mcp::rounds::Rounds;
@@ -39,7 +40,8 @@ pub const INIT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The `initialize` exchange every child of a tenant gets.
 #[derive(Debug, Clone)]
 pub struct InitCache {
-    /// Raw `params` of the first session's `initialize`, replayed to every new child.
+    /// `params` of the child's `initialize`: the first caller's, with the newest revision
+    /// and every client capability mcpmux can route; replayed to every new child.
     pub params: Arc<str>,
     /// Raw `result` of the current child's `initialize`.
     pub result: Bytes,
@@ -239,7 +241,7 @@ impl Pool {
         tenant.check_backoff()?;
         let params = lock(&tenant.init).as_ref().map(|c| c.params.clone());
         let params = params
-            .or_else(|| first_params.map(Arc::from))
+            .or_else(|| first_params.map(|p| Arc::from(caps::child_params(p))))
             .ok_or(StartError::NotInitialized)?;
         tenant.retire_child("replaced by a child of the current client file");
         let permit = self.reserve_child(&tenant.id)?;
@@ -312,7 +314,8 @@ impl Pool {
             .filter(|t| t.id != *for_tenant && t.sessions.open_streams() == 0)
             .filter_map(|t| {
                 let relay = t.current_relay()?;
-                (relay.inflight() == 0).then(|| (relay.idle_since(), t))
+                let idle = relay.inflight() == 0 && relay.tasks_hold_until().is_none();
+                idle.then(|| (relay.idle_since(), t))
             })
             .min_by_key(|(since, _)| *since);
         let Some((_, tenant)) = oldest else {
@@ -602,6 +605,10 @@ impl Tenant {
         let relay = slot.relay()?;
         if relay.inflight() > 0 {
             return None; // its last request's end wakes the reaper
+        }
+        if let Some(held) = relay.tasks_hold_until() {
+            // A task still running is work in flight (until its ttl runs out).
+            return Some(held.max(relay.idle_since() + ttl));
         }
         if self.sessions.open_streams() > 0 {
             return Some(now + ttl); // an open stream counts as activity

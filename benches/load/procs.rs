@@ -115,15 +115,20 @@ impl Daemon {
     /// `MCPMUX_BENCH_WRAP` (e.g. `valgrind --tool=massif`) runs the daemon under a tool;
     /// figures taken that way are for profiles, not for the table.
     pub fn start(clients: &Path, extra: &[&str]) -> Result<Self, String> {
+        Self::start_bin(Path::new(MCPMUX), clients, extra)
+    }
+
+    /// Like [`Daemon::start`], with another build of mcpmux (an A/B baseline).
+    pub fn start_bin(bin: &Path, clients: &Path, extra: &[&str]) -> Result<Self, String> {
         let wrap = std::env::var("MCPMUX_BENCH_WRAP").unwrap_or_default();
         let mut words = wrap.split_whitespace();
         let mut cmd = match words.next() {
             Some(tool) => {
                 let mut c = Command::new(tool);
-                c.args(words).arg(MCPMUX);
+                c.args(words).arg(bin);
                 c
             }
-            None => Command::new(MCPMUX),
+            None => Command::new(bin),
         };
         cmd.args([
             "serve",

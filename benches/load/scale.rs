@@ -86,7 +86,7 @@ impl Memory {
 }
 
 /// RSS once it stops moving (allocations settle after a burst), at most `limit`.
-async fn settled_rss(pid: i32, limit: Duration) -> u64 {
+pub async fn settled_rss(pid: i32, limit: Duration) -> u64 {
     let deadline = Instant::now() + limit;
     let mut last = procs::rss_kb(pid);
     loop {
@@ -144,26 +144,7 @@ async fn memory_on(daemon: &Daemon, sessions: usize, streams: usize) -> Result<M
 
     // Idle sessions, spread over the live tenants, opened over a few connections.
     let before = settled_rss(pid, Duration::from_secs(3)).await;
-    let conns = 8;
-    let per_conn = sessions.div_ceil(conns);
-    let mut tasks = Vec::new();
-    for c in 0..conns {
-        let ep = ep.clone();
-        let range = (c * per_conn)..((c + 1) * per_conn).min(sessions);
-        tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::new(&ep);
-            let mut out = Vec::with_capacity(range.len());
-            for k in range {
-                let hs = mcp::handshake(&mut conn, Some(&tenant(k % LIVE)), k as u64).await?;
-                out.push(hs.headers);
-            }
-            Ok::<_, String>(out)
-        }));
-    }
-    let mut headers = Vec::with_capacity(sessions);
-    for t in tasks {
-        headers.extend(t.await.map_err(|e| format!("task: {e}"))??);
-    }
+    let headers = open_sessions(&ep, sessions).await?;
     m.sessions = headers.len();
     let after = settled_rss(pid, Duration::from_secs(5)).await;
     m.per_session_kb = after.saturating_sub(before) as f64 / m.sessions.max(1) as f64;
@@ -201,6 +182,32 @@ async fn memory_on(daemon: &Daemon, sessions: usize, streams: usize) -> Result<M
         );
     }
     Ok(m)
+}
+
+/// Opens `sessions` idle sessions spread over the [`LIVE`] tenants, over a few
+/// connections; returns the header block of each.
+pub async fn open_sessions(ep: &Endpoint, sessions: usize) -> Result<Vec<Vec<u8>>, String> {
+    let conns = 8;
+    let per_conn = sessions.div_ceil(conns);
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let ep = ep.clone();
+        let range = (c * per_conn)..((c + 1) * per_conn).min(sessions);
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::new(&ep);
+            let mut out = Vec::with_capacity(range.len());
+            for k in range {
+                let hs = mcp::handshake(&mut conn, Some(&tenant(k % LIVE)), k as u64).await?;
+                out.push(hs.headers);
+            }
+            Ok::<_, String>(out)
+        }));
+    }
+    let mut headers = Vec::with_capacity(sessions);
+    for t in tasks {
+        headers.extend(t.await.map_err(|e| format!("task: {e}"))??);
+    }
+    Ok(headers)
 }
 
 /// Opens one GET stream per header block, each on its own connection, and keeps reading

@@ -38,6 +38,15 @@ async fn post(app: &Arc<App>, ctx: Ctx, req: http::Request<Incoming>) -> Respons
         Ok(read) => read,
         Err(response) => return response,
     };
+    if crate::mcp::batch::is_batch(&body) {
+        let mut response = super::batch::serve(app, &ctx, &headers, &body, accept).await;
+        let pid = ctx.tenant.current_relay().map(|r| r.pid());
+        response.extensions_mut().insert(Observed {
+            method: "batch",
+            child_pid: pid,
+        });
+        return response;
+    }
     let env = match envelope::parse(&body) {
         Ok(env) => env,
         Err(e) => return rpc_error(StatusCode::BAD_REQUEST, e.code(), &e.to_string()),

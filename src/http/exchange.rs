@@ -26,12 +26,12 @@ use super::body::{Body, SseBody};
 use super::error::{ApiError, json_response, rpc_error};
 use crate::clients::ClientSpec;
 use crate::mcp::call::{Call, CallEvent};
+use crate::mcp::caps::ClientCaps;
 use crate::mcp::control;
 use crate::mcp::envelope::{self, Envelope, INTERNAL_ERROR, INVALID_REQUEST, Kind};
 use crate::mcp::exit;
 use crate::mcp::interest::Level;
 use crate::mcp::relay::{CallFor, Relay, SendError};
-use crate::mcp::session::CallerCaps;
 use crate::pool::{StartError, Tenant};
 
 /// Messages queued on a non-resumable SSE reply before progress is dropped.
@@ -80,7 +80,7 @@ pub(super) trait Era: Send + Sync {
     /// The caller that owns the call at the relay (its session), if any.
     fn owner(&self) -> Option<Arc<str>>;
     /// What the caller can be asked in `input_required` rounds (stateless callers only).
-    fn asks(&self) -> Option<CallerCaps> {
+    fn asks(&self) -> Option<ClientCaps> {
         None
     }
     /// The least severe child log message the caller wants on its reply (stateless
@@ -249,7 +249,7 @@ pub(super) async fn relay(post: &Post<'_>, era: impl Era) -> Response<Body> {
         Ok(Ok(Sent::Local(reply))) => era.answer(reply, post.accept),
         Ok(Ok(Sent::Call(call))) => respond(call, era, post.accept, timeout).await,
         Ok(Err(e)) => {
-            let reply = envelope::error_response(post.id(), INTERNAL_ERROR, &e.to_string(), None);
+            let reply = envelope::error_response(post.id(), e.code(), &e.to_string(), None);
             json_response(StatusCode::OK, reply.into())
         }
     }

@@ -22,12 +22,14 @@ use super::error::{ApiError, empty, json_response, rpc_error};
 use super::exchange::{self, Accept, Ctx, Era, Post, start_failed};
 use super::reply::{self, Replying};
 use crate::mcp::call::Call;
+use crate::mcp::caps::ClientCaps;
 use crate::mcp::control;
 use crate::mcp::envelope::{
     self, Envelope, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, Kind, span_of, splice,
 };
 use crate::mcp::relay::Relay;
-use crate::mcp::session::{CallerCaps, Session, new_session_id};
+use crate::mcp::session::{Session, new_session_id};
+use crate::mcp::version::{self, Revision};
 use crate::settings::MAX_SESSIONS_PER_TENANT;
 
 /// The session header.
@@ -109,7 +111,7 @@ impl Era for SessionEra {
     }
 }
 
-fn session_of(ctx: &Ctx, headers: &HeaderMap) -> Result<Arc<Session>, Response<Body>> {
+pub(super) fn session_of(ctx: &Ctx, headers: &HeaderMap) -> Result<Arc<Session>, Response<Body>> {
     let Some(id) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
         let msg = "Mcp-Session-Id header is required (send initialize first)";
         return Err(rpc_error(StatusCode::BAD_REQUEST, INVALID_REQUEST, msg));
@@ -121,13 +123,11 @@ fn session_of(ctx: &Ctx, headers: &HeaderMap) -> Result<Arc<Session>, Response<B
             "session not found; initialize a new session",
         ));
     };
-    if let Some(version) = headers.get(VERSION_HEADER)
-        && version.as_bytes() != session.protocol_version.as_bytes()
+    // Any supported revision may be named (TS clients send their oldest); it need not be
+    // the session's own.
+    if let Some(value) = headers.get(VERSION_HEADER)
+        && let Err(msg) = version::check_header(value.as_bytes())
     {
-        let msg = format!(
-            "MCP-Protocol-Version does not match the session's version {}",
-            session.protocol_version
-        );
         return Err(rpc_error(StatusCode::BAD_REQUEST, INVALID_REQUEST, &msg));
     }
     Ok(session)
@@ -137,15 +137,8 @@ fn session_of(ctx: &Ctx, headers: &HeaderMap) -> Result<Arc<Session>, Response<B
 struct InitParams<'a> {
     #[serde(rename = "protocolVersion", borrow)]
     protocol_version: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default)]
-    capabilities: Caps,
-}
-
-#[derive(Deserialize, Default)]
-struct Caps {
-    sampling: Option<serde::de::IgnoredAny>,
-    elicitation: Option<serde::de::IgnoredAny>,
-    roots: Option<serde::de::IgnoredAny>,
+    #[serde(borrow)]
+    capabilities: Option<&'a serde_json::value::RawValue>,
 }
 
 async fn initialize(post: &Post<'_>) -> Response<Body> {
@@ -175,16 +168,9 @@ async fn initialize(post: &Post<'_>) -> Response<Body> {
     };
     let child_version = result_version(&cache.result).unwrap_or_default();
     let wanted = parsed.protocol_version.as_deref().unwrap_or_default();
-    let version = if SESSION_ERA_VERSIONS.contains(&wanted) {
-        wanted.to_string()
-    } else {
-        child_version
-    };
-    let caps = CallerCaps {
-        sampling: parsed.capabilities.sampling.is_some(),
-        elicitation: parsed.capabilities.elicitation.is_some(),
-        roots: parsed.capabilities.roots.is_some(),
-    };
+    let version = version::negotiate(wanted, &child_version);
+    let revision = Revision::parse(&version).unwrap_or(Revision::R2024_11_05);
+    let caps = ClientCaps::parse(parsed.capabilities, revision);
     let session_id = match new_session_id() {
         Ok(sid) => sid,
         Err(e) => {
@@ -261,7 +247,7 @@ fn single(message: Bytes, accept: Accept, to: &Replying) -> Response<Body> {
     to.single(&message)
 }
 
-async fn notification(
+pub(super) async fn notification(
     ctx: &Ctx,
     session: &Arc<Session>,
     body: &[u8],

@@ -2,6 +2,7 @@
 //! graceful shutdown, and the request pipeline of DESIGN §1 (path, tenant header,
 //! authentication, Origin and Host, then MCP).
 
+mod batch;
 mod body;
 mod endpoint;
 mod error;

@@ -24,6 +24,7 @@ use super::error::{empty, json_response};
 use super::exchange::{self, Accept, Era, Parker, Post, single, sse_response, start_failed};
 use super::mcp::{SESSION_HEADER, VERSION_HEADER};
 use crate::mcp::call::Call;
+use crate::mcp::caps::ClientCaps;
 use crate::mcp::control;
 use crate::mcp::envelope::{
     self, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, Kind, METHOD_NOT_FOUND,
@@ -32,7 +33,6 @@ use crate::mcp::interest::Level;
 use crate::mcp::listen;
 use crate::mcp::relay::Relay;
 use crate::mcp::rounds::{self, Rounds};
-use crate::mcp::session::CallerCaps;
 use crate::mcp::session::Listening;
 use crate::mcp::stateless::{self as rules, Admitted, Header, Headers, Rejection, RequestMeta};
 
@@ -187,7 +187,7 @@ struct StatelessEra {
     method: String,
     init_params: String,
     /// What the caller declared it can be asked (for the methods that allow rounds).
-    asks: Option<CallerCaps>,
+    asks: Option<ClientCaps>,
     /// The least severe child log message the caller wants on its reply.
     log_level: Option<Level>,
     rounds: Arc<Rounds>,
@@ -204,7 +204,7 @@ impl Era for StatelessEra {
         Some(&self.init_params)
     }
 
-    fn asks(&self) -> Option<CallerCaps> {
+    fn asks(&self) -> Option<ClientCaps> {
         self.asks
     }
 

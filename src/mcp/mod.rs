@@ -15,7 +15,9 @@
 //! the request they belong to, notifications on the GET stream, resource updates only to
 //! subscribers and log messages by each session's own level ([`interest`], [`control`]).
 
+pub mod batch;
 pub mod call;
+pub mod caps;
 pub mod control;
 pub mod envelope;
 pub mod exit;
@@ -27,3 +29,5 @@ pub mod rounds;
 pub mod session;
 pub mod stateless;
 pub mod stream;
+pub mod tasks;
+pub mod version;

@@ -20,11 +20,13 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::call::{Call, CallEvent, InflightGuard, input_owner};
+use super::caps::ClientCaps;
 use super::envelope::{self, Envelope, INTERNAL_ERROR, Kind, METHOD_NOT_FOUND, span_of, splice};
 use super::exit;
 use super::interest::{self, Level, Told};
-use super::reverse::{self, ReverseRequests};
-use super::session::{CallerCaps, Sessions};
+use super::reverse::ReverseRequests;
+use super::session::{Session, Sessions};
+use super::tasks::{Reply, STATELESS_OWNER, TaskError};
 use crate::child::{ChildEvent, ChildHandle, ExitInfo, ExitReason};
 use crate::clients::{ClientId, Limits};
 use crate::sync::lock;
@@ -33,6 +35,12 @@ use crate::sync::lock;
 pub const RELATED_QUEUE: usize = 64;
 /// JSON-RPC code for a request that timed out (as the MCP SDKs use).
 pub const REQUEST_TIMEOUT: i64 = -32001;
+/// URL-mode elicitations remembered per child, to send their completion to the asked
+/// session only; beyond it the oldest are forgotten (their completion is then dropped).
+pub const MAX_ELICITATIONS: usize = 1024;
+
+/// Child generations, so a task id of a replaced child is never taken for the new one's.
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
 
 struct Pending {
     orig_id: Bytes,
@@ -42,13 +50,15 @@ struct Pending {
     /// only such a reply may be offered the child's own requests.
     streams: bool,
     /// For a stateless caller: what it can be asked through `input_required` rounds.
-    asks: Option<CallerCaps>,
+    asks: Option<ClientCaps>,
     /// For a stateless caller that opted in: the least severe log message it wants.
     log_level: Option<Level>,
     /// When the request reached the child, in the order requests did (0: not yet).
     reached: u64,
     related: mpsc::Sender<Bytes>,
     done: oneshot::Sender<Bytes>,
+    /// How the response is rewritten for the caller (task ids).
+    reply: Reply,
 }
 
 /// Whom a caller's request is for, and what its reply can carry.
@@ -59,7 +69,7 @@ pub struct CallFor {
     /// Whether its reply can carry messages before the response (it accepts SSE).
     pub streams: bool,
     /// For a stateless caller: what it can be asked in `input_required` rounds.
-    pub asks: Option<CallerCaps>,
+    pub asks: Option<ClientCaps>,
     /// For a stateless caller that opted in: the least severe log message it wants.
     pub log_level: Option<Level>,
 }
@@ -70,7 +80,7 @@ struct Caller {
     orig_token: Option<Bytes>,
     session: Option<Arc<str>>,
     streams: bool,
-    asks: Option<CallerCaps>,
+    asks: Option<ClientCaps>,
     log_level: Option<Level>,
 }
 
@@ -109,6 +119,9 @@ pub struct Relay {
     reverse: ReverseRequests,
     idle: Arc<Notify>,
     told: Mutex<Told>,
+    generation: u64,
+    /// URL-mode elicitation ids → the session that was asked, in asking order.
+    elicitations: Mutex<std::collections::VecDeque<(String, Arc<str>)>>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -126,6 +139,19 @@ pub enum SendError {
     /// The child is gone.
     #[error("{0}")]
     Gone(String),
+    /// The request names a task its caller cannot use.
+    #[error("{0}")]
+    Task(#[from] TaskError),
+}
+
+impl SendError {
+    /// The JSON-RPC error code for it.
+    pub fn code(&self) -> i64 {
+        match self {
+            Self::Gone(_) => INTERNAL_ERROR,
+            Self::Task(e) => e.code(),
+        }
+    }
 }
 
 impl Relay {
@@ -158,12 +184,24 @@ impl Relay {
             reverse: ReverseRequests::default(),
             idle,
             told: Mutex::default(),
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
+            elicitations: Mutex::default(),
         })
     }
 
     /// The child's pid.
     pub fn pid(&self) -> u32 {
         self.child.pid()
+    }
+
+    /// Which child this is among all the tenant's children, ever.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Until when this child's running tasks keep it from idle reaping (`None`: none run).
+    pub fn tasks_hold_until(&self) -> Option<Instant> {
+        self.sessions.tasks().held_until(self.generation)
     }
 
     /// Hash of the client file the child was started from.
@@ -265,7 +303,16 @@ impl Relay {
         if let Some(span) = token.and_then(|t| span_of(message, t.get())) {
             edits.push((span, child_id_text.as_bytes()));
         }
-        let line = Bytes::from(splice(message, &mut edits));
+        let mut line = splice(message, &mut edits);
+        let method = env.method.as_deref().unwrap_or_default();
+        let reply = Reply::of(method, env.params);
+        if reply.names_a_task() {
+            let owner = to.session.as_deref().unwrap_or(STATELESS_OWNER);
+            line = self
+                .sessions
+                .tasks()
+                .request_to_child(owner, self.generation, &line)?;
+        }
         let caller = Caller {
             orig_id,
             orig_token,
@@ -274,7 +321,8 @@ impl Relay {
             asks: to.asks,
             log_level: to.log_level,
         };
-        self.send_request(child_id, line, caller).await
+        self.send_request(child_id, Bytes::from(line), caller, reply)
+            .await
     }
 
     /// Sends `initialize` with the given raw params; returns the raw `result`.
@@ -288,7 +336,7 @@ impl Relay {
             r#"{{"jsonrpc":"2.0","id":{child_id},"method":"initialize","params":{params}}}"#
         );
         let mut call = self
-            .send_request(child_id, line.into(), Caller::own())
+            .send_request(child_id, line.into(), Caller::own(), Reply::Plain)
             .await
             .map_err(|e| InitError::Failed(e.to_string()))?;
         call.uncancellable(); // initialize must never be cancelled (MCP lifecycle)
@@ -381,11 +429,13 @@ impl Relay {
         Some(child_id)
     }
 
+    /// Sends `(child id, line, caller's id, caller's progress token)`.
     async fn send_request(
         self: &Arc<Self>,
         child_id: u64,
         line: Bytes,
         caller: Caller,
+        reply: Reply,
     ) -> Result<Call, SendError> {
         let orig_id = caller.orig_id.clone();
         let (related_tx, related) = mpsc::channel(RELATED_QUEUE);
@@ -407,6 +457,7 @@ impl Relay {
                 reached: 0,
                 related: related_tx,
                 done: done_tx,
+                reply,
             };
             pending.insert(child_id, entry);
         }
@@ -460,6 +511,17 @@ impl Relay {
             Some(span) => splice(line, &mut [(span, &entry.orig_id[..])]),
             None => line.to_vec(),
         };
+        if let Some(session) = &entry.session
+            && env.kind == Kind::Error
+        {
+            // -32042 hands the caller URL-mode elicitations: their completion is its.
+            for id in required_elicitations(line) {
+                self.remember_elicitation(id, session.clone());
+            }
+        }
+        let owner = entry.session.as_deref().unwrap_or(STATELESS_OWNER);
+        let restored =
+            (self.sessions.tasks()).for_caller(entry.reply, owner, self.generation, restored);
         let _ = entry.done.send(restored.into()); // the caller may have gone; nothing to do
     }
 
@@ -479,11 +541,26 @@ impl Relay {
                 let to_call = self.log_to_call(level, line);
                 debug!(client_id = %self.client_id, ?level, reached, to_call, "child log message");
             }
+            Some(method @ "notifications/tasks/status") => {
+                // Only the task's owner hears about it; another child's or an unknown task's
+                // status is nobody's.
+                let tasks = self.sessions.tasks();
+                if let Some((owner, out)) = tasks.on_status(self.generation, line) {
+                    self.sessions.notify_one(&owner, method, &out);
+                }
+            }
+            Some(method @ "notifications/elicitation/complete") => {
+                let asked = elicitation_id(env.params).and_then(|id| self.take_elicitation(&id));
+                if let Some(session) = asked {
+                    self.sessions.notify_one(&session, method, line);
+                }
+            }
             method => {
-                // list_changed and anything unknown: every session, once, on its GET stream;
+                // list_changed and anything unknown: every session whose revision has it,
+                // once, on its GET stream.
                 // list_changed also to the listeners that asked for that kind.
-                let reached = self.sessions.notify_all(line);
                 let method = method.unwrap_or_default();
+                let reached = self.sessions.notify_all(method, line);
                 let listening = self.sessions.listens().notify(method, None, line);
                 debug!(client_id = %self.client_id, method, reached, listening, "child notification");
             }
@@ -515,9 +592,27 @@ impl Relay {
     fn on_child_request(&self, line: &[u8], env: &Envelope<'_>) {
         let Some(id) = env.id else { return };
         let method = env.method.as_deref().unwrap_or_default();
-        if let Some(can) = reverse::capable(method)
-            && self.forward_to_caller(line, id.get(), method, can)
-        {
+        let can = |s: &Session| s.caps.can_answer(method, env.params);
+        // `inputRequests` may hold only sampling, elicitation and roots requests.
+        let asks = |c: &ClientCaps| method != "ping" && c.can_answer(method, env.params);
+        // A request about a task goes to the task's owner (its id rewritten), or nowhere.
+        let tasks = self.sessions.tasks();
+        let delivered = match tasks.related_for_caller(self.generation, line) {
+            Some((owner, out)) => {
+                let env = envelope::parse(&out).ok();
+                let child_id = env.as_ref().and_then(|e| e.id).map(|i| i.get());
+                let only = |s: &Session| *s.id == *owner && can(s);
+                let nobody = |_: &ClientCaps| false;
+                child_id.and_then(|child_id| self.forward_to_caller(&out, child_id, only, nobody))
+            }
+            None => self.forward_to_caller(line, id.get(), can, asks),
+        };
+        if let Some(session) = delivered {
+            if method == "elicitation/create"
+                && let Some(id) = elicitation_id(env.params)
+            {
+                self.remember_elicitation(id, session);
+            }
             return;
         }
         let reply = if method == "ping" {
@@ -532,10 +627,12 @@ impl Relay {
         }
     }
 
-    /// Sends a child request to one capable caller: on the reply of the request that
-    /// reached the child most recently among those whose caller can take it (a session's
-    /// SSE reply, or a stateless call, which asks in an `input_required` round), else on a
-    /// capable session's GET stream. False when nobody can take it.
+    /// Sends a child request to one caller that can answer it: on the reply of the
+    /// request that reached the child most recently among those whose caller can take it
+    /// (a session's SSE reply whose session `can`, or a stateless call whose declared
+    /// capabilities `asks` allows, which asks in an `input_required` round), else on the GET
+    /// stream of a session that `can`. Returns the owner that took it (a session id, or the
+    /// stateless call's [`input_owner`]); `None` when none can.
     ///
     /// A stdio child does not say which call caused its request; "most recent" is exact
     /// when calls reach the child one after the other, a guess when they overlap.
@@ -543,47 +640,58 @@ impl Relay {
         &self,
         line: &[u8],
         child_id: &str,
-        method: &str,
-        can: fn(&CallerCaps) -> bool,
-    ) -> bool {
-        let Some(span) = span_of(line, child_id) else {
-            return false;
-        };
-        for (owner, related) in self.inflight_callers(method, can) {
-            let caller_id = self.reverse.register(child_id, owner);
+        can: impl Fn(&Session) -> bool,
+        asks: impl Fn(&ClientCaps) -> bool,
+    ) -> Option<Arc<str>> {
+        let span = span_of(line, child_id)?;
+        for (owner, related) in self.inflight_callers(&can, &asks) {
+            let caller_id = self.reverse.register(child_id, owner.clone());
             let out = Bytes::from(splice(
                 line,
                 &mut [(span.clone(), caller_id.to_string().as_bytes())],
             ));
             if related.try_send(out).is_ok() {
-                return true;
+                return Some(owner);
             }
             self.reverse.forget(caller_id);
         }
-        for session in self.sessions.with_live_get(|s| can(&s.caps)) {
+        for session in self.sessions.with_live_get(&can) {
             let caller_id = self.reverse.register(child_id, session.id.clone());
             let out = splice(
                 line,
                 &mut [(span.clone(), caller_id.to_string().as_bytes())],
             );
             if session.push(&out) {
-                return true;
+                return Some(session.id.clone());
             }
             self.reverse.forget(caller_id);
         }
-        false
+        None
     }
 
-    /// The requests in flight whose caller can be asked `method`, most recently reached
+    fn remember_elicitation(&self, id: String, session: Arc<str>) {
+        let mut asked = lock(&self.elicitations);
+        if asked.len() >= MAX_ELICITATIONS {
+            asked.pop_front();
+        }
+        asked.push_back((id, session));
+    }
+
+    /// The session asked for URL-mode elicitation `id`, forgetting it (it completes once).
+    fn take_elicitation(&self, id: &str) -> Option<Arc<str>> {
+        let mut asked = lock(&self.elicitations);
+        let at = asked.iter().position(|(e, _)| e == id)?;
+        asked.remove(at).map(|(_, session)| session)
+    }
+
+    /// The requests in flight whose caller can be asked, most recently reached
     /// first, each with its owner (session, or the stateless call's [`input_owner`]) and
     /// reply channel.
     fn inflight_callers(
         &self,
-        method: &str,
-        can: fn(&CallerCaps) -> bool,
+        can: impl Fn(&Session) -> bool,
+        asks: impl Fn(&ClientCaps) -> bool,
     ) -> Vec<(Arc<str>, mpsc::Sender<Bytes>)> {
-        // `inputRequests` may hold only sampling, elicitation and roots requests.
-        let in_rounds = method != "ping";
         let mut found: Vec<(u64, Arc<str>, mpsc::Sender<Bytes>)> = {
             let pending = lock(&self.pending);
             pending
@@ -593,7 +701,7 @@ impl Relay {
                     (Some(session), _) if p.streams => {
                         Some((p.reached, session.clone(), p.related.clone()))
                     }
-                    (None, Some(caps)) if in_rounds && can(&caps) => {
+                    (None, Some(caps)) if asks(&caps) => {
                         Some((p.reached, input_owner(*id), p.related.clone()))
                     }
                     _ => None,
@@ -602,7 +710,7 @@ impl Relay {
         };
         // Sessions' capabilities are looked up outside the pending lock.
         found.retain(|(_, owner, _)| {
-            owner.starts_with("call-") || self.sessions.get(owner).is_some_and(|s| can(&s.caps))
+            owner.starts_with("call-") || self.sessions.get(owner).is_some_and(|s| can(&s))
         });
         found.sort_by_key(|(reached, _, _)| std::cmp::Reverse(*reached));
         found
@@ -778,6 +886,55 @@ pub enum InitError {
     Failed(String),
 }
 
+/// `params.elicitationId` of a URL-mode elicitation or of its completion.
+fn elicitation_id(params: Option<&serde_json::value::RawValue>) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Params {
+        #[serde(rename = "elicitationId")]
+        elicitation_id: Option<String>,
+    }
+    serde_json::from_str::<Params>(params?.get())
+        .ok()?
+        .elicitation_id
+}
+
+/// JSON-RPC code of `URLElicitationRequiredError` (2025-11-25).
+const URL_ELICITATION_REQUIRED: i64 = -32042;
+
+/// The `elicitationId`s of a `URLElicitationRequiredError` response (none for others).
+fn required_elicitations(response: &[u8]) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Reply {
+        error: Option<Error>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Error {
+        code: i64,
+        data: Option<Data>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Data {
+        #[serde(default)]
+        elicitations: Vec<Required>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Required {
+        #[serde(rename = "elicitationId")]
+        elicitation_id: Option<String>,
+    }
+    let Ok(Reply { error: Some(error) }) = serde_json::from_slice(response) else {
+        return Vec::new();
+    };
+    if error.code != URL_ELICITATION_REQUIRED {
+        return Vec::new();
+    }
+    let required = error.data.map(|d| d.elicitations).unwrap_or_default();
+    required
+        .into_iter()
+        .filter_map(|r| r.elicitation_id)
+        .collect()
+}
+
 fn init_result(reply: &[u8]) -> Result<Bytes, InitError> {
     #[derive(serde::Deserialize)]
     struct Reply<'a> {
@@ -792,5 +949,29 @@ fn init_result(reply: &[u8]) -> Result<Bytes, InitError> {
         (Some(result), _) => Ok(Bytes::copy_from_slice(result.get().as_bytes())),
         (None, Some(error)) => Err(InitError::Rejected(error.get().to_string())),
         (None, None) => Err(InitError::Failed("empty reply to initialize".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_elicitations_required_by_an_error_are_found() {
+        let required = br#"{"jsonrpc":"2.0","id":3,"error":{"code":-32042,"message":"m","data":{"elicitations":[{"mode":"url","elicitationId":"e1","url":"u","message":"m"},{"mode":"url"}]}}}"#;
+        assert_eq!(required_elicitations(required), ["e1"]);
+        let other = br#"{"jsonrpc":"2.0","id":3,"error":{"code":-32602,"message":"m","data":{"elicitations":[{"elicitationId":"e1"}]}}}"#;
+        assert!(required_elicitations(other).is_empty());
+        assert!(required_elicitations(br#"{"jsonrpc":"2.0","id":3,"result":{}}"#).is_empty());
+    }
+
+    #[test]
+    fn elicitation_ids_are_read_from_params() {
+        let params = serde_json::value::RawValue::from_string(
+            r#"{"mode":"url","elicitationId":"x"}"#.into(),
+        )
+        .unwrap();
+        assert_eq!(elicitation_id(Some(&params)).as_deref(), Some("x"));
+        assert_eq!(elicitation_id(None), None);
     }
 }

@@ -3,7 +3,10 @@
 //! caller's answer mapped back to the child's id.
 //!
 //! Ids given to callers come from one counter per child, so two sessions' answers can
-//! never be confused; an answer is accepted only from the session that was asked.
+//! never be confused; an answer is accepted only from the session that was asked. Who may
+//! be asked is [`ClientCaps::can_answer`]'s call.
+//!
+//! [`ClientCaps::can_answer`]: super::caps::ClientCaps::can_answer
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,19 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use super::session::CallerCaps;
 use crate::sync::lock;
-
-/// What a caller must have declared to be asked `method`; `None` for unknown methods.
-pub fn capable(method: &str) -> Option<fn(&CallerCaps) -> bool> {
-    match method {
-        "sampling/createMessage" => Some(|c| c.sampling),
-        "elicitation/create" => Some(|c| c.elicitation),
-        "roots/list" => Some(|c| c.roots),
-        "ping" => Some(|_| true),
-        _ => None,
-    }
-}
 
 struct Outstanding {
     child_id: Bytes,

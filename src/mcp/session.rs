@@ -22,21 +22,13 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::caps::ClientCaps;
 use super::interest::{Interest, Level};
 use super::listen::{self, Honored, Listens};
 use super::stream::{EventId, GET_STREAM, ResumeError, Streams};
+use super::tasks::Tasks;
+use super::version::Revision;
 use crate::sync::lock;
-
-/// What a caller declared it can answer, from its `initialize` capabilities.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CallerCaps {
-    /// `sampling/createMessage`.
-    pub sampling: bool,
-    /// `elicitation/create`.
-    pub elicitation: bool,
-    /// `roots/list`.
-    pub roots: bool,
-}
 
 /// One MCP session.
 #[derive(Debug)]
@@ -45,8 +37,11 @@ pub struct Session {
     pub id: Arc<str>,
     /// The protocol version negotiated with this caller.
     pub protocol_version: String,
+    /// That version as a revision mcpmux knows (the oldest when it does not: a child's
+    /// unknown answer), to send the session only message types it has.
+    pub revision: Revision,
     /// What this caller can answer.
-    pub caps: CallerCaps,
+    pub caps: ClientCaps,
     streams: Mutex<Streams>,
     last_seen: Mutex<Instant>,
 }
@@ -105,6 +100,8 @@ pub struct Sessions {
     control: tokio::sync::Mutex<()>,
     /// Bumped when sessions ended with subscriptions or a level, so relays re-plan.
     changes: watch::Sender<u64>,
+    /// Every task of the tenant, by the id its session sees (they outlive a child).
+    tasks: Tasks,
     /// Stateless callers' `subscriptions/listen` streams.
     listens: Listens,
 }
@@ -117,6 +114,7 @@ impl Default for Sessions {
             interest: Mutex::default(),
             control: tokio::sync::Mutex::new(()),
             changes: watch::Sender::new(0),
+            tasks: Tasks::default(),
             listens: Listens::default(),
         }
     }
@@ -135,15 +133,17 @@ impl Sessions {
         &self,
         id: Arc<str>,
         protocol_version: String,
-        caps: CallerCaps,
+        caps: ClientCaps,
         max: usize,
     ) -> Option<Arc<Session>> {
         let mut map = lock(&self.map);
         if map.len() >= max {
             return None;
         }
+        let revision = Revision::parse(&protocol_version).unwrap_or(Revision::R2024_11_05);
         let session = Arc::new(Session {
             id: id.clone(),
+            revision,
             protocol_version,
             caps,
             streams: Mutex::default(),
@@ -170,6 +170,7 @@ impl Sessions {
     }
 
     fn ended(&self, session: &Session) {
+        self.tasks.session_ended(&session.id);
         self.forget(&session.id);
     }
 
@@ -227,29 +228,42 @@ impl Sessions {
         self.open_streams.load(Ordering::Acquire)
     }
 
-    /// Sends `message` once to every session, on its GET stream; returns how many had a
-    /// live GET connection (the others get it when they open one).
-    pub fn notify_all(&self, message: &[u8]) -> usize {
-        self.deliver(message, |_, _| true)
+    /// Sends notification `method` once to every session whose revision has it, on its
+    /// GET stream; returns how many had a live GET connection (the others get it when
+    /// they open one).
+    pub fn notify_all(&self, method: &str, message: &[u8]) -> usize {
+        self.deliver(message, |_, s| s.revision.has_notification(method))
+    }
+
+    /// Sends notification `method` to session `id` alone, when its revision has it; true
+    /// when a live connection took it.
+    pub fn notify_one(&self, id: &str, method: &str, message: &[u8]) -> bool {
+        self.get(id)
+            .is_some_and(|s| s.revision.has_notification(method) && s.push(message))
+    }
+
+    /// The tenant's tasks.
+    pub fn tasks(&self) -> &Tasks {
+        &self.tasks
     }
 
     /// Sends a `resources/updated` for `uri` to the sessions subscribed to it.
     pub fn notify_subscribers(&self, uri: &str, message: &[u8]) -> usize {
-        self.deliver(message, |interest, id| interest.is_subscribed(id, uri))
+        self.deliver(message, |interest, s| interest.is_subscribed(&s.id, uri))
     }
 
     /// Sends a log message of `level` to the sessions whose own level admits it.
     pub fn notify_log(&self, level: Option<Level>, message: &[u8]) -> usize {
-        self.deliver(message, |interest, id| interest.wants_log(id, level))
+        self.deliver(message, |interest, s| interest.wants_log(&s.id, level))
     }
 
-    fn deliver(&self, message: &[u8], wants: impl Fn(&Interest, &str) -> bool) -> usize {
+    fn deliver(&self, message: &[u8], wants: impl Fn(&Interest, &Session) -> bool) -> usize {
         let sessions: Vec<_> = lock(&self.map).values().cloned().collect();
         let targets: Vec<_> = {
             let interest = lock(&self.interest);
             sessions
                 .into_iter()
-                .filter(|s| wants(&interest, &s.id))
+                .filter(|s| wants(&interest, s))
                 .collect()
         };
         targets.iter().filter(|s| s.push(message)).count()
@@ -404,7 +418,7 @@ mod tests {
 
     fn two_sessions() -> (Arc<Sessions>, Arc<Session>, Arc<Session>) {
         let sessions = Arc::new(Sessions::default());
-        let caps = CallerCaps::default();
+        let caps = ClientCaps::default();
         let add = |id: &str| {
             let added = sessions.insert(id.into(), "2025-11-25".into(), caps, 10);
             added.unwrap()
@@ -428,8 +442,29 @@ mod tests {
         sessions.interest().set_level(&b.id, Some(Level::Error));
         assert_eq!(sessions.notify_subscribers("u", b"{}"), 1);
         assert_eq!(sessions.notify_log(Some(Level::Info), b"{}"), 1);
-        assert_eq!(sessions.notify_all(b"{}"), 2);
+        assert_eq!(
+            sessions.notify_all("notifications/tools/list_changed", b"{}"),
+            2
+        );
         assert_eq!((count(&mut ra.rx), count(&mut rb.rx)), (3, 1));
+    }
+
+    #[test]
+    fn notifications_a_revision_lacks_are_not_sent_to_its_sessions() {
+        let sessions = Arc::new(Sessions::default());
+        let caps = ClientCaps::default();
+        let old = sessions
+            .insert("old".into(), "2025-03-26".into(), caps, 10)
+            .unwrap();
+        let new = sessions
+            .insert("new".into(), "2025-11-25".into(), caps, 10)
+            .unwrap();
+        let mut ro = sessions.connect(&old, None).unwrap();
+        let mut rn = sessions.connect(&new, None).unwrap();
+        assert_eq!(sessions.notify_all("notifications/tasks/status", b"{}"), 1);
+        assert!(!sessions.notify_one("old", "notifications/elicitation/complete", b"{}"));
+        assert!(sessions.notify_one("new", "notifications/elicitation/complete", b"{}"));
+        assert_eq!((count(&mut ro.rx), count(&mut rn.rx)), (0, 2));
     }
 
     #[test]

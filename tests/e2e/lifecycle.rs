@@ -121,9 +121,17 @@ async fn idle_child_is_reaped_after_its_ttl_and_the_same_session_gets_a_new_chil
     );
     assert_eq!(
         inits[1]["params"], inits[0]["params"],
-        "the handshake is replayed with the first session's params"
+        "the handshake is replayed with the first child's params"
     );
-    assert_eq!(inits[0]["params"], initialize_params());
+    // The first caller's identity, the newest revision and every capability mcpmux routes.
+    let first = &inits[0]["params"];
+    assert_eq!(
+        first["clientInfo"],
+        initialize_params()["clientInfo"],
+        "{first}"
+    );
+    assert_eq!(first["protocolVersion"], "2025-11-25", "{first}");
+    assert!(first["capabilities"]["sampling"].is_object(), "{first}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

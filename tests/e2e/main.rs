@@ -24,6 +24,7 @@ mod origin;
 mod reload;
 mod request_logs;
 mod rounds;
+mod session_era;
 mod smoke;
 mod stateless;
 mod streams;

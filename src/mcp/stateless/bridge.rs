@@ -10,8 +10,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{Admitted, CHILD_VERSION, META_SERVER_INFO, SUPPORTED_VERSIONS};
+use crate::mcp::caps::ClientCaps;
 use crate::mcp::envelope::{METHOD_NOT_FOUND, span_of, splice};
-use crate::mcp::session::CallerCaps;
+use crate::mcp::version::Revision;
 
 /// Results that must carry `ttlMs` and `cacheScope` (2026-07-28 `CacheableResult`).
 /// `server/discover` is one too, but mcpmux builds that result itself.
@@ -53,18 +54,15 @@ const ROUND_METHODS: [&str; 3] = ["tools/call", "prompts/get", "resources/read"]
 /// What a stateless caller of `method` can be asked in `input_required` rounds: the
 /// capabilities it declared for this request, or `None` for methods that must not be
 /// answered with `input_required`.
-pub fn asks(method: &str, admitted: &Admitted<'_>) -> Option<CallerCaps> {
+pub fn asks(method: &str, admitted: &Admitted<'_>) -> Option<ClientCaps> {
     if !ROUND_METHODS.contains(&method) {
         return None;
     }
-    let caps: Option<ClientCapsWire<'_>> =
-        serde_json::from_str(admitted.client_capabilities.get()).ok();
-    let caps = caps?;
-    Some(CallerCaps {
-        sampling: caps.sampling.is_some(),
-        elicitation: caps.elicitation.is_some(),
-        roots: caps.roots.is_some(),
-    })
+    // 2026-07-28 capabilities read as the newest session-era ones (same shape).
+    Some(ClientCaps::parse(
+        Some(admitted.client_capabilities),
+        Revision::NEWEST,
+    ))
 }
 
 /// `initialize` params for a child whose first caller is stateless: the newest
