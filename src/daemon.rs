@@ -66,6 +66,10 @@ async fn run(args: ServeArgs, settings: Arc<Settings>) -> anyhow::Result<()> {
     let metrics = crate::metrics::install()
         .map_err(|e| warn!(error = %e, "metrics recorder not installed; /metrics will be empty"))
         .ok();
+    crate::metrics::limits(
+        settings.max_children,
+        crate::settings::MAX_SESSIONS_PER_TENANT,
+    );
     let registry = Arc::new(Registry::new());
     // The registry logs each bad file (file and reason) itself.
     registry.reload(&settings.defaults);

@@ -90,6 +90,10 @@ fn describe() {
         "Children that exited unexpectedly or failed to start"
     );
     metrics::describe_counter!(
+        "mcpmux_child_start_failures_total",
+        "Children that could not be started or failed to initialize"
+    );
+    metrics::describe_counter!(
         "mcpmux_child_reaps_total",
         "Children stopped after their idle TTL"
     );
@@ -102,6 +106,11 @@ fn describe() {
     metrics::describe_gauge!("mcpmux_tenants", "Tenants configured");
     metrics::describe_gauge!("mcpmux_sessions", "Open MCP sessions by tenant");
     metrics::describe_gauge!("mcpmux_inflight_requests", "Requests in flight by tenant");
+    metrics::describe_gauge!("mcpmux_children_max", "The --max-children cap");
+    metrics::describe_gauge!(
+        "mcpmux_sessions_max_per_tenant",
+        "Sessions one tenant may have open at once"
+    );
 }
 
 /// Folds recorded histogram samples into their buckets every [`UPKEEP_PERIOD`] until
@@ -181,6 +190,12 @@ pub fn crashed(client_id: &str) {
     counter!("mcpmux_child_crashes_total", "client_id" => client_id.to_string()).increment(1);
 }
 
+/// A child could not be started, or failed its initialize handshake.
+pub fn start_failed(client_id: &str) {
+    counter!("mcpmux_child_start_failures_total", "client_id" => client_id.to_string())
+        .increment(1);
+}
+
 /// A child was reaped for idleness.
 pub fn reaped(client_id: &str) {
     counter!("mcpmux_child_reaps_total", "client_id" => client_id.to_string()).increment(1);
@@ -202,4 +217,11 @@ pub fn tenant_state(client_id: &str, sessions: usize, inflight: usize) {
 pub fn totals(tenants: usize, children_alive: usize) {
     gauge!("mcpmux_tenants").set(tenants as f64);
     gauge!("mcpmux_children_alive").set(children_alive as f64);
+}
+
+/// The caps alerts compare against (children at `--max-children`, sessions near their cap),
+/// set once at start.
+pub fn limits(max_children: usize, max_sessions_per_tenant: usize) {
+    gauge!("mcpmux_children_max").set(max_children as f64);
+    gauge!("mcpmux_sessions_max_per_tenant").set(max_sessions_per_tenant as f64);
 }

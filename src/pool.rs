@@ -341,6 +341,7 @@ impl Pool {
     ) -> Result<Arc<Relay>, StartError> {
         let (handle, events) = child::spawn(spec, &self.settings.child).map_err(|e| {
             tenant.record_crash(None);
+            crate::metrics::start_failed(tenant.id.as_str());
             warn!(client_id = %tenant.id, error = %e, "child failed to start");
             StartError::Spawn(e.to_string())
         })?;
@@ -367,6 +368,7 @@ impl Pool {
     async fn init_failed(&self, tenant: &Tenant, relay: &Arc<Relay>, err: InitError) -> StartError {
         relay.stop();
         relay.finished().await;
+        crate::metrics::start_failed(tenant.id.as_str());
         warn!(client_id = %tenant.id, error = %err, "child failed to initialize");
         let exit = relay.exit_info().map(|info| ExitReport {
             info: info.clone(),

@@ -18,6 +18,7 @@ mod lifecycle;
 mod limits;
 mod listen;
 mod manual;
+mod monitoring;
 mod mux;
 mod ops;
 mod origin;
