@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::envelope::{self, INTERNAL_ERROR};
+use super::envelope::{self, INTERNAL_ERROR, span_of, splice};
 use super::relay::{REQUEST_TIMEOUT, Relay};
 
 /// What a pending call yields.
@@ -33,6 +33,8 @@ pub struct Call {
     done: oneshot::Receiver<Bytes>,
     finished: bool,
     cancellable: bool,
+    /// Resumed by a retry of an `input_required` round (see [`Call::resume`]).
+    resumed: bool,
     _guard: InflightGuard,
     /// Whatever must live exactly as long as the call (a log-level wish).
     held: Option<Box<dyn Send + Sync>>,
@@ -55,6 +57,7 @@ impl Call {
             done,
             finished: false,
             cancellable: true,
+            resumed: false,
             _guard: guard,
             held: None,
         }
@@ -76,7 +79,7 @@ impl Call {
             done = &mut self.done => {
                 self.finished = true;
                 match done {
-                    Ok(bytes) => CallEvent::Final(bytes),
+                    Ok(bytes) => CallEvent::Final(self.labelled(bytes)),
                     // Only `cancel_for_caller` drops a pending entry without answering it.
                     Err(_) => CallEvent::Cancelled,
                 }
@@ -87,6 +90,24 @@ impl Call {
                 let message = format!("request timed out after {} s without progress", timeout.as_secs_f64());
                 self.failure(REQUEST_TIMEOUT, &message)
             }
+        }
+    }
+
+    /// A resumed call's response may have been labelled for an earlier round's caller
+    /// while it waited between rounds: it goes out under the current caller's id.
+    fn labelled(&self, reply: Bytes) -> Bytes {
+        if !self.resumed {
+            return reply;
+        }
+        let Some(id) = envelope::parse(&reply).ok().and_then(|env| env.id) else {
+            return reply;
+        };
+        if id.get().as_bytes() == &self.orig_id[..] {
+            return reply;
+        }
+        match span_of(&reply, id.get()) {
+            Some(span) => splice(&reply, &mut [(span, &self.orig_id[..])]).into(),
+            None => reply,
         }
     }
 
@@ -129,6 +150,7 @@ impl Call {
     /// Resumes a parked call for a retry: its response and progress go out under the
     /// retry's `id` and progress token.
     pub fn resume(&mut self, id: Bytes, token: Option<Bytes>) {
+        self.resumed = true;
         self.orig_id = id.clone();
         self.relay.reassign(self.child_id, Some((id, token)));
     }

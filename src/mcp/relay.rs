@@ -53,7 +53,7 @@ struct Pending {
     asks: Option<ClientCaps>,
     /// For a stateless caller that opted in: the least severe log message it wants.
     log_level: Option<Level>,
-    /// When the request reached the child, in the order requests did (0: not yet).
+    /// When the request was handed to the child, in the order requests were.
     reached: u64,
     related: mpsc::Sender<Bytes>,
     done: oneshot::Sender<Bytes>,
@@ -454,7 +454,9 @@ impl Relay {
                 streams: caller.streams,
                 asks: caller.asks,
                 log_level: caller.log_level,
-                reached: 0,
+                // Stamped as it is queued for the child, under the lock: a request the child
+                // logged is always older than one that arrives after that.
+                reached: self.reached.fetch_add(1, Ordering::Relaxed),
                 related: related_tx,
                 done: done_tx,
                 reply,
@@ -464,9 +466,6 @@ impl Relay {
         let call = Call::new(self.clone(), child_id, orig_id, related, done, guard);
         if let Err(e) = self.child.send(line).await {
             return Err(SendError::Gone(format!("{}: {e}", self.exit_message())));
-        }
-        if let Some(entry) = lock(&self.pending).get_mut(&child_id) {
-            entry.reached = self.reached.fetch_add(1, Ordering::Relaxed);
         }
         Ok(call)
     }
@@ -696,7 +695,6 @@ impl Relay {
             let pending = lock(&self.pending);
             pending
                 .iter()
-                .filter(|(_, p)| p.reached > 0)
                 .filter_map(|(id, p)| match (&p.session, p.asks) {
                     (Some(session), _) if p.streams => {
                         Some((p.reached, session.clone(), p.related.clone()))
@@ -731,7 +729,7 @@ impl Relay {
             let pending = lock(&self.pending);
             pending
                 .values()
-                .filter(|p| p.streams && p.reached > 0)
+                .filter(|p| p.streams)
                 .filter(|p| p.log_level.is_some_and(|min| level >= min))
                 .max_by_key(|p| p.reached)
                 .map(|p| p.related.clone())
