@@ -191,10 +191,11 @@ fn spec_for(i: usize) -> ClientSpec {
         command: "mcp-echo".into(),
         args: vec![],
         env: Default::default(),
-        cwd: PathBuf::from("/etc/mcpmux/clients"),
+        cwd: None,
         idle_ttl: Duration::from_secs(300),
         token_sha256: None,
         limits: Limits::default(),
+        sandbox: Default::default(),
         content_hash,
     }
 }

@@ -15,7 +15,7 @@ deb="$(realpath "${1:?usage: test-deb.sh DEB}")"
 for cmd in dpkg dpkg-query systemd-analyze curl man; do
     command -v "$cmd" >/dev/null || { echo "test-deb: $cmd not found" >&2; exit 1; }
 done
-if dpkg-query -W -f='${db:Status-Abbrev}' mcpmux 2>/dev/null | grep -q '^[ih]'; then
+if [[ "$(dpkg-query -W -f='${db:Status-Abbrev}' mcpmux 2>/dev/null || true)" == [ih]* ]]; then
     echo "test-deb: the mcpmux package is installed here already; not touching it" >&2; exit 1
 fi
 for path in /etc/mcpmux /var/lib/mcpmux /usr/bin/mcpmux /usr/bin/mcp-echo; do

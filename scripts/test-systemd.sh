@@ -199,7 +199,9 @@ new_pid_running() {
     [[ "$pid" != 0 && "$pid" != "$main_pid" && "$(prop ActiveState mcpmux.service)" == active ]]
 }
 wait_for 30 "restart after a missed watchdog" new_pid_running
-ct journalctl --no-pager -o cat -u mcpmux.service | grep -q 'Watchdog timeout' || fail "no watchdog timeout in the journal"
+# Read whole, then searched: `journalctl | grep -q` would fail under pipefail on SIGPIPE.
+journal="$(ct journalctl --no-pager -o cat -u mcpmux.service)"
+grep -q 'Watchdog timeout' <<<"$journal" || fail "no watchdog timeout in the journal"
 (($(prop NRestarts mcpmux.service) > restarts)) || fail "NRestarts did not grow"
 ct test ! -e "/proc/$main_pid" || fail "the stopped daemon $main_pid is still there"
 open_session || fail "initialize after the watchdog restart"
@@ -214,7 +216,8 @@ open_session || fail "the first request through mcpmux.socket"
 answer="$(call 3 echo '{"message":"socket-activated"}')"
 grep -q socket-activated <<<"$answer" || fail "echo through the socket: $answer"
 [[ "$(prop ActiveState mcpmux.service)" == active ]] || fail "the service is not active after the first request"
-ct journalctl --no-pager -o cat -u mcpmux.service -n 200 | grep -q 'listening on http://127.0.0.1:8080/mcp' \
+journal="$(ct journalctl --no-pager -o cat -u mcpmux.service -n 200)"
+grep -q 'listening on http://127.0.0.1:8080/mcp' <<<"$journal" \
     || fail "the daemon did not log serving the socket's address"
 pass "socket activation: mcpmux.socket started the service and it answered the first request"
 
@@ -225,7 +228,9 @@ for i in $(seq 1 20); do
     callers+=($!)
 done
 inflight() {
-    ct curl -sS --max-time 5 http://127.0.0.1:8081/status | grep -q '"inflight":20'
+    local status
+    status="$(ct curl -sS --max-time 5 http://127.0.0.1:8081/status)"
+    grep -q '"inflight":20' <<<"$status"
 }
 wait_for 20 "20 calls in flight" inflight
 cgroup="$(prop ControlGroup mcpmux.service)"

@@ -57,6 +57,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether children run in a Landlock sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SandboxMode {
+    /// Sandbox where the kernel has Landlock; warn once and run unsandboxed where not.
+    Auto,
+    /// Refuse to start without Landlock signal scoping (ABI 6 or later).
+    Required,
+    /// Never sandbox.
+    Off,
+}
+
 /// Flags of the daemon.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -66,6 +77,14 @@ pub struct ServeArgs {
     /// Directory of client files (`<id>.json`).
     #[arg(long, env = "MCPMUX_CLIENTS", default_value = "./clients")]
     pub clients: PathBuf,
+    /// Directory holding one state directory per tenant (its child's default cwd, HOME and
+    /// TMPDIR). Default: $STATE_DIRECTORY (systemd), else $XDG_STATE_HOME/mcpmux, else
+    /// ~/.local/state/mcpmux.
+    #[arg(long, env = "MCPMUX_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Landlock sandbox for children.
+    #[arg(long, env = "MCPMUX_SANDBOX", value_enum, default_value = "auto")]
+    pub sandbox: SandboxMode,
     /// Address of the admin endpoints (health, metrics, status).
     #[arg(long, env = "MCPMUX_ADMIN_LISTEN", default_value = "127.0.0.1:8081")]
     pub admin_listen: SocketAddr,

@@ -78,6 +78,7 @@ async fn run(args: ServeArgs, settings: Arc<Settings>) -> anyhow::Result<()> {
         dir = %settings.defaults.clients_dir.display(),
         "clients loaded"
     );
+    log_sandbox(&settings.child);
 
     let shutdown = CancellationToken::new();
     // Cancelled at SIGTERM, before `shutdown` (which waits for --shutdown-delay).
@@ -232,5 +233,19 @@ async fn listener(
         None => TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}")),
+    }
+}
+
+/// Says once, at start-up, how children will be sandboxed (a warning when they will not be,
+/// or only partly).
+fn log_sandbox(child: &crate::child::ChildSettings) {
+    let state_dir = child.state_dir.display();
+    let sandbox = &child.sandbox;
+    if let Some(warning) = &sandbox.warning {
+        warn!(%state_dir, "{warning}");
+    }
+    match sandbox.abi {
+        Some(abi) => info!(%state_dir, landlock_abi = abi, "children are sandboxed"),
+        None => info!(%state_dir, reason = %sandbox.off_reason, "children are not sandboxed"),
     }
 }

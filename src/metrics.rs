@@ -86,6 +86,10 @@ fn describe() {
     );
     metrics::describe_counter!("mcpmux_child_spawns_total", "Children started");
     metrics::describe_counter!(
+        "mcpmux_child_sandboxed_spawns_total",
+        "Children started in a Landlock sandbox"
+    );
+    metrics::describe_counter!(
         "mcpmux_child_crashes_total",
         "Children that exited unexpectedly or failed to start"
     );
@@ -180,9 +184,13 @@ fn request_series(client_id: &str, method: &'static str, status: u16) -> Request
     RequestSeries { duration, total }
 }
 
-/// A child was started.
-pub fn spawned(client_id: &str) {
+/// A child was started (and whether in a sandbox).
+pub fn spawned(client_id: &str, sandboxed: bool) {
     counter!("mcpmux_child_spawns_total", "client_id" => client_id.to_string()).increment(1);
+    if sandboxed {
+        counter!("mcpmux_child_sandboxed_spawns_total", "client_id" => client_id.to_string())
+            .increment(1);
+    }
 }
 
 /// A child crashed or could not start.

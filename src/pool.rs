@@ -61,8 +61,13 @@ pub enum StartError {
     #[error("the tenant has no initialized session; send initialize first")]
     NotInitialized,
     /// The command could not be started.
-    #[error("child failed to start: {0}")]
-    Spawn(String),
+    #[error("child failed to start: {error}")]
+    Spawn {
+        /// What went wrong.
+        error: String,
+        /// JSON-RPC `error.data`: the error, and the sandbox when it denied the start.
+        data: serde_json::Value,
+    },
     /// The child answered `initialize` with an error (its raw `error` object).
     #[error("child rejected initialize")]
     Rejected {
@@ -142,6 +147,10 @@ pub struct TenantStatus {
     pub retry_in_secs: Option<f64>,
     /// How the last child ended.
     pub last_exit: Option<serde_json::Value>,
+    /// The running child's sandbox: `{"abi", "applied"}`, or `false`.
+    pub sandbox: Option<serde_json::Value>,
+    /// Why the running child is not sandboxed.
+    pub unsandboxed_because: Option<String>,
 }
 
 /// One tenant's runtime state (the spec itself lives in the registry).
@@ -343,7 +352,10 @@ impl Pool {
             tenant.record_crash(None);
             crate::metrics::start_failed(tenant.id.as_str());
             warn!(client_id = %tenant.id, error = %e, "child failed to start");
-            StartError::Spawn(e.to_string())
+            StartError::Spawn {
+                data: e.data(),
+                error: e.to_string(),
+            }
         })?;
         let relay = Relay::new(
             tenant.id.clone(),
@@ -353,8 +365,8 @@ impl Pool {
             tenant.sessions.clone(),
             self.idle.clone(),
         );
-        info!(client_id = %tenant.id, pid = relay.pid(), command = %spec.command, "child started");
-        crate::metrics::spawned(tenant.id.as_str());
+        info!(client_id = %tenant.id, pid = relay.pid(), command = %spec.command, sandbox = %relay.sandbox(), "child started");
+        crate::metrics::spawned(tenant.id.as_str(), relay.sandbox().applied());
         let (task_relay, task_tenant) = (relay.clone(), tenant.clone());
         // Owned by the child: ends when the child's event stream ends (it always does).
         tokio::spawn(async move {
@@ -474,6 +486,8 @@ impl TenantStatus {
             restarts: 0,
             retry_in_secs: None,
             last_exit: None,
+            sandbox: None,
+            unsandboxed_because: None,
         }
     }
 }
@@ -525,6 +539,8 @@ impl Tenant {
                     "stderr_tail": info.stderr_tail,
                 })
             }),
+            sandbox: relay.map(|r| r.sandbox().status_json()),
+            unsandboxed_because: relay.and_then(|r| r.sandbox().off_reason().map(str::to_owned)),
         }
     }
 

@@ -1,9 +1,11 @@
 //! Validated daemon settings, built from the command line before anything is bound.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::child::ChildSettings;
-use crate::cli::ServeArgs;
+use crate::child::sandbox::{self, SandboxSettings};
+use crate::child::{ChildSettings, state};
+use crate::cli::{SandboxMode, ServeArgs};
 use crate::clients::Defaults;
 
 /// Sessions kept per tenant at most; beyond it `initialize` gets 503.
@@ -70,12 +72,37 @@ fn positive(flag: &'static str, value: u64) -> Result<u64, SettingsError> {
 }
 
 impl Settings {
-    /// Validates the flags of `mcpmux serve`.
+    /// Validates the flags of `mcpmux serve`, probing the kernel for Landlock.
     pub fn from_args(args: &ServeArgs) -> Result<Self, SettingsError> {
+        Self::from_args_probed(args, sandbox::probe())
+    }
+
+    /// As [`Settings::from_args`], with the kernel's Landlock support given.
+    pub fn from_args_probed(
+        args: &ServeArgs,
+        landlock: landlock::LandlockStatus,
+    ) -> Result<Self, SettingsError> {
         let clients_dir = std::path::absolute(&args.clients).map_err(|e| SettingsError {
             flag: "clients",
             reason: format!("{}: {e}", args.clients.display()),
         })?;
+        let state_dir = state_dir(args.state_dir.as_deref(), &clients_dir)?;
+        let mode = match args.sandbox {
+            SandboxMode::Auto => sandbox::Mode::Auto,
+            SandboxMode::Required => sandbox::Mode::Required,
+            SandboxMode::Off => sandbox::Mode::Off,
+        };
+        let exe_dir = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(Path::to_path_buf));
+        let protected = [clients_dir.as_path(), state_dir.as_path()];
+        let sandbox =
+            SandboxSettings::decide(mode, landlock, &protected, exe_dir).map_err(|reason| {
+                SettingsError {
+                    flag: "sandbox",
+                    reason,
+                }
+            })?;
         Ok(Self {
             defaults: Defaults {
                 clients_dir,
@@ -84,6 +111,8 @@ impl Settings {
             child: ChildSettings {
                 max_line_bytes: positive("max-line-bytes", args.max_line_bytes as u64)? as usize,
                 stop_grace: seconds("stop-grace", args.stop_grace)?,
+                state_dir,
+                sandbox,
             },
             max_body_bytes: positive("max-body-bytes", args.max_body_bytes as u64)? as usize,
             request_timeout: seconds("request-timeout", args.request_timeout)?,
@@ -109,5 +138,108 @@ impl Settings {
             header_read_timeout: seconds("header-read-timeout", args.header_read_timeout)?,
             resume_grace: seconds("resume-grace", args.resume_grace)?,
         })
+    }
+}
+
+/// `--state-dir` or its default, made absolute and created (mode 0700). It may not lie in the
+/// clients directory, whose watcher and rescans are for client files only.
+fn state_dir(flag: Option<&Path>, clients_dir: &Path) -> Result<PathBuf, SettingsError> {
+    let error = |reason: String| SettingsError {
+        flag: "state-dir",
+        reason,
+    };
+    let dir = match flag {
+        Some(dir) => dir.to_path_buf(),
+        None => state::default_root(|name| std::env::var_os(name)).ok_or_else(|| {
+            error("not given, and none of STATE_DIRECTORY, XDG_STATE_HOME, HOME is set".into())
+        })?,
+    };
+    let dir = std::path::absolute(&dir).map_err(|e| error(format!("{}: {e}", dir.display())))?;
+    let inside = || {
+        error(format!(
+            "{} is inside the clients directory; put it beside it",
+            dir.display()
+        ))
+    };
+    // Checked before creating anything, and again through symlinks once it exists.
+    if dir.starts_with(clients_dir) {
+        return Err(inside());
+    }
+    state::ensure_root(&dir).map_err(|e| error(format!("cannot create {}: {e}", dir.display())))?;
+    let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    if canonical(&dir).starts_with(canonical(clients_dir)) {
+        return Err(inside());
+    }
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::Cli;
+
+    fn serve_args(extra: &[&str]) -> ServeArgs {
+        let argv = [&["mcpmux"], extra].concat();
+        Cli::try_parse_from(argv).unwrap().serve
+    }
+
+    #[test]
+    fn state_dir_is_created_absolute_and_kept_out_of_the_clients_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let clients = tmp.path().join("clients");
+        std::fs::create_dir(&clients).unwrap();
+        let (c, state) = (clients.to_str().unwrap(), tmp.path().join("state"));
+        let args = serve_args(&["--clients", c, "--state-dir", state.to_str().unwrap()]);
+        let settings = Settings::from_args(&args).unwrap();
+        assert_eq!(settings.child.state_dir, state);
+        assert!(state.is_dir(), "created at start-up");
+
+        let inside = clients.join("state");
+        let args = serve_args(&["--clients", c, "--state-dir", inside.to_str().unwrap()]);
+        let err = Settings::from_args(&args).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "invalid setting --state-dir: {} is inside the clients directory; put it beside it",
+                inside.display()
+            )
+        );
+        assert!(
+            !inside.exists(),
+            "nothing is created in the clients directory"
+        );
+    }
+
+    #[test]
+    fn sandbox_required_on_a_kernel_without_landlock_is_a_bad_setting() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        let args = serve_args(&[
+            "--sandbox",
+            "required",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ]);
+        let err = Settings::from_args_probed(&args, landlock::LandlockStatus::NotImplemented)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "invalid setting --sandbox: --sandbox required, but the kernel has no Landlock; \
+             use --sandbox auto to run without it"
+        );
+        // main maps every SettingsError to exit 64 (sysexits EX_USAGE).
+        let auto = serve_args(&["--state-dir", state.to_str().unwrap()]);
+        let settings =
+            Settings::from_args_probed(&auto, landlock::LandlockStatus::NotImplemented).unwrap();
+        assert_eq!(settings.child.sandbox.abi, None);
+        assert!(settings.child.sandbox.warning.is_some(), "auto warns");
+        let real = Settings::from_args(&args).unwrap();
+        assert!(
+            real.child.sandbox.abi.is_some(),
+            "these machines have Landlock"
+        );
     }
 }

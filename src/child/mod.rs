@@ -10,17 +10,21 @@
 //! bounded. Dropping the last [`ChildHandle`] starts the stop sequence, so no child
 //! outlives its owner.
 //!
-//! Files: `spawn` (command lookup, environment, `Command`), `task` (the actor and the
+//! Files: `spawn` (command lookup, environment, `Command`), `state` (per-tenant state
+//! directories), `sandbox` (the Landlock policy and its application), `task` (the actor and the
 //! stop sequence's steps), `stop` (process-group signalling and cleanup), `framing`,
 //! `stderr`.
 
 mod framing;
+pub mod sandbox;
 mod spawn;
+pub mod state;
 mod stderr;
 mod stop;
 mod task;
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +34,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
 use crate::clients::ClientSpec;
+use sandbox::{SandboxReport, SandboxSettings};
 
 pub use stderr::{
     STDERR_LINES_PER_SEC, STDERR_MAX_LINE_BYTES, STDERR_TAIL_LINE_BYTES, STDERR_TAIL_LINES,
@@ -48,6 +53,10 @@ pub struct ChildSettings {
     pub max_line_bytes: usize,
     /// Wait after closing stdin before SIGTERM, and after SIGTERM before SIGKILL.
     pub stop_grace: Duration,
+    /// The state root (`--state-dir`): one directory per tenant, created on its first spawn.
+    pub state_dir: PathBuf,
+    /// The daemon-wide sandbox decision (`--sandbox`).
+    pub sandbox: SandboxSettings,
 }
 
 /// What a child reports, in order; `Exited` is always the last event.
@@ -91,6 +100,15 @@ pub enum Error {
     /// The command could not be found.
     #[error("command not found: {0}")]
     NotFound(String),
+    /// The tenant's state directory could not be created or used.
+    #[error("cannot use the tenant's state directory {}: {source}", path.display())]
+    StateDir {
+        /// `<state-dir>/<id>`.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
     /// The spawn itself failed.
     #[error("failed to start {command}: {source}")]
     Spawn {
@@ -100,6 +118,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The spawn failed with "permission denied" under the sandbox: most likely the policy
+    /// denied something the command needs (its interpreter, say).
+    #[error("failed to start {command} under the sandbox: {source}")]
+    SandboxDenied {
+        /// The command as written in the client file.
+        command: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+        /// What the sandbox was.
+        report: SandboxReport,
+    },
     /// The child is gone or stopping; nothing more can be sent.
     #[error("child process is not running")]
     Gone,
@@ -108,10 +138,21 @@ pub enum Error {
     Full,
 }
 
+impl Error {
+    /// The JSON-RPC `error.data` for a caller whose request needed this child.
+    pub fn data(&self) -> serde_json::Value {
+        match self {
+            Self::SandboxDenied { report, .. } => sandbox::denied_data(report, &self.to_string()),
+            _ => serde_json::json!({ "error": self.to_string() }),
+        }
+    }
+}
+
 /// A handle to a running child; cheap to clone. Dropping the last clone stops the child.
 #[derive(Clone)]
 pub struct ChildHandle {
     pid: u32,
+    sandbox: Arc<SandboxReport>,
     inbox: mpsc::Sender<Bytes>,
     shared: Arc<Shared>,
     _stop_on_drop: Arc<StopOnDrop>,
@@ -151,6 +192,11 @@ impl ChildHandle {
     /// The child's pid (also its process group id).
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Whether (and how) the child is sandboxed.
+    pub fn sandbox(&self) -> &SandboxReport {
+        &self.sandbox
     }
 
     /// Queues one message (no trailing newline) for the child's stdin, waiting for room.
@@ -194,8 +240,9 @@ pub fn spawn(
     spec: &ClientSpec,
     settings: &ChildSettings,
 ) -> Result<(ChildHandle, mpsc::Receiver<ChildEvent>), Error> {
-    let started = spawn::start(spec)?;
+    let started = spawn::start(spec, settings)?;
     let pid = started.pid;
+    let sandbox = Arc::new(started.sandbox.clone());
     let shared = Arc::new(Shared::default());
     let (inbox_tx, inbox_rx) = mpsc::channel(STDIN_QUEUE_LEN);
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE_LEN);
@@ -209,11 +256,44 @@ pub fn spawn(
     );
     let handle = ChildHandle {
         pid,
+        sandbox,
         inbox: inbox_tx,
         _stop_on_drop: Arc::new(StopOnDrop(shared.stop.clone())),
         shared,
     };
     Ok((handle, events_rx))
+}
+
+/// Child settings for unit tests across the crate.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// One state root for the whole test binary, removed by nobody: tests only create
+    /// tenant directories under it, in the system temp dir.
+    pub(crate) fn state_root() -> PathBuf {
+        static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        ROOT.get_or_init(|| {
+            let dir = tempfile::Builder::new()
+                .prefix("mcpmux-child-tests-")
+                .tempdir()
+                .unwrap();
+            dir.keep()
+        })
+        .clone()
+    }
+
+    /// The daemon's defaults: sandboxed where the kernel can (these machines can).
+    pub(crate) fn settings(grace_ms: u64) -> ChildSettings {
+        let root = state_root();
+        let status = sandbox::probe();
+        ChildSettings {
+            max_line_bytes: 1 << 20,
+            stop_grace: Duration::from_millis(grace_ms),
+            sandbox: SandboxSettings::decide(sandbox::Mode::Auto, status, &[&root], None).unwrap(),
+            state_dir: root,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -238,10 +318,11 @@ mod tests {
             command: command.to_owned(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             env: BTreeMap::new(),
-            cwd: std::env::temp_dir(),
+            cwd: None,
             idle_ttl: Duration::from_secs(300),
             token_sha256: None,
             limits: Limits::default(),
+            sandbox: Default::default(),
             content_hash: [0; 32],
         }
     }
@@ -250,12 +331,7 @@ mod tests {
         spec("sh", &["-c", script])
     }
 
-    fn settings(grace_ms: u64) -> ChildSettings {
-        ChildSettings {
-            max_line_bytes: 1 << 20,
-            stop_grace: Duration::from_millis(grace_ms),
-        }
-    }
+    use super::testing::{settings, state_root};
 
     async fn next_line(rx: &mut mpsc::Receiver<ChildEvent>) -> Bytes {
         let event = timeout(WAIT, rx.recv())
@@ -352,9 +428,9 @@ mod tests {
         let mut want = vec!["LANG=xx_XX.UTF-8".to_owned(), "TENANT_VAR=a b=c".to_owned()];
         let path = std::env::var("PATH").unwrap_or_else(|_| spawn::DEFAULT_PATH.to_owned());
         want.push(format!("PATH={path}"));
-        if let Ok(home) = std::env::var("HOME") {
-            want.push(format!("HOME={home}"));
-        }
+        let home = state_root().join("test");
+        want.push(format!("HOME={}", home.display()));
+        want.push(format!("TMPDIR={}", home.display()));
         want.sort();
         assert_eq!(got, want);
         assert!(std::env::var_os("CARGO_PKG_NAME").is_some(), "test premise");
@@ -548,7 +624,7 @@ mod tests {
     #[tokio::test]
     async fn missing_cwd_is_a_spawn_error() {
         let mut spec = spec("/bin/sh", &[]);
-        spec.cwd = PathBuf::from("/nonexistent/dir");
+        spec.cwd = Some(PathBuf::from("/nonexistent/dir"));
         let err = spawn(&spec, &settings(100)).unwrap_err();
         assert!(matches!(err, Error::Spawn { .. }), "got {err:?}");
     }

@@ -1,7 +1,8 @@
 //! Starting a child: command lookup, environment, and the `Command` itself (DESIGN §2, §4).
 //!
 //! Owns what a child is given: no shell, a cleared environment plus a minimal base
-//! (`PATH`, `HOME`, `LANG`) under the file's `env`, its own process group, three pipes.
+//! (`PATH`, `HOME`, `TMPDIR`, `LANG`) under the file's `env`, its own process group, three
+//! pipes; `HOME`, `TMPDIR` and the default `cwd` are the tenant's state directory.
 //! It does not own the running process; [`Started`] hands everything to the actor.
 //! Invariant: the program path passed to `exec` is absolute and was an executable file.
 
@@ -16,7 +17,8 @@ use nix::sys::resource::Resource;
 use nix::unistd::Pid;
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 
-use super::Error;
+use super::sandbox::{self, Prepared, SandboxReport};
+use super::{ChildSettings, Error, state};
 use crate::clients::{ClientSpec, Limits, Secret};
 
 /// `PATH` for children when the daemon has none.
@@ -33,13 +35,14 @@ pub(super) struct Started {
     pub(super) stdin: ChildStdin,
     pub(super) stdout: ChildStdout,
     pub(super) stderr: ChildStderr,
+    /// Whether (and how) it is sandboxed.
+    pub(super) sandbox: SandboxReport,
 }
 
-/// The daemon's own values of the base variables.
+/// The daemon's own values of the base variables it passes on.
 #[derive(Debug, Clone, Default)]
 pub(super) struct DaemonEnv {
     pub(super) path: Option<OsString>,
-    pub(super) home: Option<OsString>,
     pub(super) lang: Option<OsString>,
 }
 
@@ -47,32 +50,58 @@ impl DaemonEnv {
     fn current() -> Self {
         Self {
             path: std::env::var_os("PATH"),
-            home: std::env::var_os("HOME"),
             lang: std::env::var_os("LANG"),
         }
     }
 }
 
 /// Resolves and starts `spec`'s command. Must run inside a tokio runtime.
-pub(super) fn start(spec: &ClientSpec) -> Result<Started, Error> {
+pub(super) fn start(spec: &ClientSpec, settings: &ChildSettings) -> Result<Started, Error> {
     let spawn_error = |source| Error::Spawn {
         command: spec.command.clone(),
         source,
     };
-    let cwd = std::path::absolute(&spec.cwd).map_err(spawn_error)?;
-    let env = child_env(&DaemonEnv::current(), &spec.env);
+    let home =
+        state::tenant_dir(&settings.state_dir, &spec.id).map_err(|source| Error::StateDir {
+            path: settings.state_dir.join(spec.id.as_str()),
+            source,
+        })?;
+    let cwd = match &spec.cwd {
+        Some(cwd) => std::path::absolute(cwd).map_err(spawn_error)?,
+        None => home.clone(),
+    };
+    let env = child_env(&DaemonEnv::current(), &home, &spec.env);
     let exe_dir = std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(Path::to_path_buf));
     let path_var = env.get(OsStr::new("PATH")).cloned().unwrap_or_default();
     let program = resolve_command(&spec.command, &cwd, exe_dir.as_deref(), &path_var)?;
-    let child = command(&program, spec, &cwd, &env)
+    let (prepared, report) = sandbox::prepare(&settings.sandbox, &spec.sandbox, &program, &home)
+        .map_err(|e| spawn_error(io::Error::other(format!("cannot build its sandbox: {e}"))))?;
+    if let (SandboxReport::Off(why), crate::clients::SandboxSpec::Off) = (&report, &spec.sandbox) {
+        tracing::warn!(client_id = %spec.id, "child runs unsandboxed: {why}");
+    }
+    let sandboxed = prepared.is_some();
+    let child = command(&program, spec, &cwd, &env, prepared)
         .spawn()
-        .map_err(|e| spawn_error(explain_limits(e, spec.limits, hard_limit)))?;
-    take_pipes(child).map_err(spawn_error)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::PermissionDenied if sandboxed => Error::SandboxDenied {
+                command: spec.command.clone(),
+                source: e,
+                report: report.clone(),
+            },
+            _ => spawn_error(explain_limits(e, spec.limits, hard_limit)),
+        })?;
+    take_pipes(child, report).map_err(spawn_error)
 }
 
-fn command(program: &Path, spec: &ClientSpec, cwd: &Path, env: &ChildEnv) -> Command {
+fn command(
+    program: &Path,
+    spec: &ClientSpec,
+    cwd: &Path,
+    env: &ChildEnv,
+    sandbox: Option<Prepared>,
+) -> Command {
     let mut cmd = Command::new(program);
     cmd.arg0(&spec.command)
         .args(&spec.args)
@@ -85,23 +114,33 @@ fn command(program: &Path, spec: &ClientSpec, cwd: &Path, env: &ChildEnv) -> Com
         .stderr(Stdio::piped())
         // Safety net only (leader only, not graceful); the actor runs the real sequence.
         .kill_on_drop(true);
-    if spec.limits != Limits::default() {
-        apply_limits_on_exec(&mut cmd, spec.limits);
+    if spec.limits != Limits::default() || sandbox.is_some() {
+        restrict_on_exec(&mut cmd, spec.limits, sandbox);
     }
     cmd
 }
 
-/// Sets the tenant's `rlimit_*` in the child between fork and exec, so they bind the
-/// child (and everything it starts) but never the daemon.
+/// Sets the tenant's `rlimit_*` and enters its sandbox in the child between fork and
+/// exec, so they bind the child (and everything it starts) but never the daemon.
 #[allow(
     unsafe_code,
-    reason = "pre_exec is the only way to limit the child itself"
+    reason = "pre_exec is the only way to restrict the child itself"
 )]
-fn apply_limits_on_exec(cmd: &mut Command, limits: Limits) {
-    // SAFETY: the closure runs in the forked child before exec; it only calls
-    // setrlimit(2), which is async-signal-safe, allocates nothing and takes no locks.
+fn restrict_on_exec(cmd: &mut Command, limits: Limits, mut sandbox: Option<Prepared>) {
+    // SAFETY: the closure runs in the forked child of a threaded daemon, before exec, so
+    // it must be async-signal-safe. It only makes system calls: setrlimit(2), then (when
+    // sandboxed) prctl(2) and capset(2) through rustix's raw wrappers and
+    // landlock_restrict_self(2) on a ruleset built before fork. None allocates or takes a
+    // lock; the errors it returns are built from an errno (no allocation), and the ruleset
+    // it consumes owns nothing but a descriptor, closed with close(2).
     unsafe {
-        cmd.pre_exec(move || set_limits(limits).map_err(std::io::Error::from));
+        cmd.pre_exec(move || {
+            set_limits(limits).map_err(std::io::Error::from)?;
+            match sandbox.as_mut() {
+                Some(prepared) => prepared.apply_in_child(),
+                None => Ok(()),
+            }
+        });
     }
 }
 
@@ -157,7 +196,7 @@ fn explain_limits(
 }
 
 /// On error the child is dropped, and `kill_on_drop` ends it.
-fn take_pipes(mut child: Child) -> io::Result<Started> {
+fn take_pipes(mut child: Child, sandbox: SandboxReport) -> io::Result<Started> {
     let missing = |what| io::Error::other(format!("child {what} missing after spawn"));
     let pid = child.id().ok_or_else(|| missing("pid"))?;
     let raw = i32::try_from(pid).map_err(|_| missing("valid pid"))?;
@@ -171,20 +210,25 @@ fn take_pipes(mut child: Child) -> io::Result<Started> {
         stdin,
         stdout,
         stderr,
+        sandbox,
     })
 }
 
 /// A child's whole environment.
 pub(super) type ChildEnv = BTreeMap<OsString, OsString>;
 
-/// The base (`PATH`, `HOME`, `LANG`) from the daemon, then the file's `env` on top.
-pub(super) fn child_env(daemon: &DaemonEnv, file: &BTreeMap<String, Secret>) -> ChildEnv {
+/// The base (`PATH` and `LANG` from the daemon, `HOME` and `TMPDIR` the tenant's state
+/// directory `home`), then the file's `env` on top.
+pub(super) fn child_env(
+    daemon: &DaemonEnv,
+    home: &Path,
+    file: &BTreeMap<String, Secret>,
+) -> ChildEnv {
     let mut env = ChildEnv::new();
     let path = daemon.path.clone().unwrap_or_else(|| DEFAULT_PATH.into());
     env.insert("PATH".into(), path);
-    if let Some(home) = &daemon.home {
-        env.insert("HOME".into(), home.clone());
-    }
+    env.insert("HOME".into(), home.into());
+    env.insert("TMPDIR".into(), home.into());
     let lang = daemon.lang.clone().unwrap_or_else(|| DEFAULT_LANG.into());
     env.insert("LANG".into(), lang);
     for (name, Secret(value)) in file {
@@ -379,7 +423,6 @@ mod tests {
     fn env_is_the_base_under_the_file_env() {
         let daemon = DaemonEnv {
             path: Some("/daemon/bin".into()),
-            home: Some("/home/d".into()),
             lang: None,
         };
         let file = BTreeMap::from([
@@ -390,21 +433,27 @@ mod tests {
             ("HOME", "/srv/t"),
             ("LANG", DEFAULT_LANG),
             ("PATH", "/daemon/bin"),
+            ("TMPDIR", "/state/t"),
             ("TOKEN", "s3cret"),
         ]
         .into_iter()
         .map(|(k, v)| (k.into(), v.into()))
         .collect();
-        assert_eq!(child_env(&daemon, &file), want);
+        assert_eq!(child_env(&daemon, Path::new("/state/t"), &file), want);
     }
 
     #[test]
     fn env_falls_back_to_defaults_when_the_daemon_has_none() {
-        let env = child_env(&DaemonEnv::default(), &BTreeMap::new());
-        let want: ChildEnv = [("LANG", DEFAULT_LANG), ("PATH", DEFAULT_PATH)]
-            .into_iter()
-            .map(|(k, v)| (k.into(), v.into()))
-            .collect();
+        let env = child_env(&DaemonEnv::default(), Path::new("/s/t"), &BTreeMap::new());
+        let want: ChildEnv = [
+            ("HOME", "/s/t"),
+            ("LANG", DEFAULT_LANG),
+            ("PATH", DEFAULT_PATH),
+            ("TMPDIR", "/s/t"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
         assert_eq!(env, want);
     }
 }

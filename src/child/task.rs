@@ -90,6 +90,7 @@ pub(super) fn spawn_actor(
         stdin,
         stdout,
         stderr,
+        sandbox: _,
     } = started;
     let stderr = stderr::spawn_drain(stderr, id.clone(), pid, shared.tail.clone());
     let actor = Actor {

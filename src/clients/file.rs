@@ -20,7 +20,9 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::{ClientId, ClientSpec, Defaults, Limits, MAX_CLIENT_ID_LEN, Secret, TokenHash};
+use super::{
+    ClientId, ClientSpec, Defaults, Limits, MAX_CLIENT_ID_LEN, SandboxSpec, Secret, TokenHash,
+};
 
 /// Largest client file read, in bytes: a client file is a few hundred bytes, and a huge
 /// file dropped into the directory by mistake must not eat the daemon's memory.
@@ -214,6 +216,7 @@ named_fields! {
     de_rlimit_nproc: "rlimit_nproc" => Option<u64>;
     de_type: "type" => Option<String>;
     de_description: "description" => Option<String>;
+    de_sandbox: "sandbox" => Option<Value>;
 }
 
 /// A client file as written: an `mcpServers` entry plus mcpmux's own fields. Only this
@@ -241,6 +244,9 @@ struct RawClientFile {
     rlimit_nofile: Option<u64>,
     #[serde(default, deserialize_with = "de_rlimit_nproc")]
     rlimit_nproc: Option<u64>,
+    /// `false`, `true`, or `{"read": [paths], "write": [paths]}`.
+    #[serde(default, deserialize_with = "de_sandbox")]
+    sandbox: Option<Value>,
     /// Accepted so an `mcpServers` entry can be pasted as is; must be `"stdio"`.
     #[serde(default, rename = "type", deserialize_with = "de_type")]
     kind: Option<String>,
@@ -291,6 +297,7 @@ impl RawClientFile {
                 open_files: positive("rlimit_nofile", self.rlimit_nofile)?,
                 processes: positive("rlimit_nproc", self.rlimit_nproc)?,
             },
+            sandbox: check_sandbox(self.sandbox)?,
             content_hash: Sha256::digest(bytes).into(),
         })
     }
@@ -361,16 +368,76 @@ fn check_env(env: BTreeMap<String, String>) -> Result<BTreeMap<String, Secret>, 
         .collect()
 }
 
-fn resolve_cwd(cwd: Option<String>, clients_dir: &Path) -> Result<PathBuf, String> {
+/// `None` (no `cwd`) runs the child in its tenant's state directory.
+fn resolve_cwd(cwd: Option<String>, clients_dir: &Path) -> Result<Option<PathBuf>, String> {
     let Some(cwd) = cwd else {
-        return Ok(clients_dir.to_path_buf());
+        return Ok(None);
     };
     if cwd.is_empty() {
-        return Err("\"cwd\" must not be empty; omit it to run in the clients directory".into());
+        return Err(
+            "\"cwd\" must not be empty; omit it to run in the tenant's state directory".into(),
+        );
     }
     no_nul("cwd", &cwd)?;
     // `join` keeps an absolute `cwd` as is and puts a relative one under the directory.
-    Ok(clients_dir.join(cwd))
+    Ok(Some(clients_dir.join(cwd)))
+}
+
+/// `sandbox`: a boolean, or an object with only `read` and `write`, each a list of absolute
+/// paths that exist now.
+fn check_sandbox(value: Option<Value>) -> Result<SandboxSpec, String> {
+    let object = match value {
+        None | Some(Value::Bool(true)) => return Ok(SandboxSpec::Default),
+        Some(Value::Bool(false)) => return Ok(SandboxSpec::Off),
+        Some(Value::Object(object)) => object,
+        Some(_) => {
+            return Err(
+                "\"sandbox\" must be false, true, or {\"read\": [paths], \"write\": [paths]}"
+                    .into(),
+            );
+        }
+    };
+    if let Some(key) = object
+        .keys()
+        .find(|k| !matches!(k.as_str(), "read" | "write"))
+    {
+        return Err(format!(
+            "\"sandbox\": unknown field `{key}`, expected `read` or `write`"
+        ));
+    }
+    let paths = |field: &str| -> Result<Vec<PathBuf>, String> {
+        let Some(list) = object.get(field) else {
+            return Ok(Vec::new());
+        };
+        let name = format!("\"sandbox.{field}\"");
+        let Value::Array(items) = list else {
+            return Err(format!("{name} must be a list of absolute paths"));
+        };
+        items
+            .iter()
+            .map(|item| {
+                let Value::String(path) = item else {
+                    return Err(format!("{name} must be a list of absolute paths"));
+                };
+                no_nul("sandbox", path)?;
+                let path = PathBuf::from(path);
+                if !path.is_absolute() {
+                    return Err(format!(
+                        "{name}: \"{}\" is not an absolute path",
+                        path.display()
+                    ));
+                }
+                if !path.exists() {
+                    return Err(format!("{name}: \"{}\" does not exist", path.display()));
+                }
+                Ok(path)
+            })
+            .collect()
+    };
+    Ok(SandboxSpec::Extra {
+        read: paths("read")?,
+        write: paths("write")?,
+    })
 }
 
 fn idle_ttl(secs: Option<u64>, default: Duration) -> Result<Duration, String> {
@@ -451,7 +518,7 @@ mod tests {
         assert_eq!(spec.path, Path::new("/clients/acme.json"));
         assert_eq!(spec.command, "mcp-echo");
         assert!(spec.args.is_empty() && spec.env.is_empty());
-        assert_eq!(spec.cwd, Path::new("/clients"));
+        assert_eq!(spec.cwd, None, "no cwd: the tenant's state directory");
         assert_eq!(spec.idle_ttl, Duration::from_secs(300));
         assert_eq!(spec.token_sha256, None);
         assert_eq!(spec.limits, Limits::default());
@@ -471,7 +538,7 @@ mod tests {
         let spec = parse(&json).unwrap();
         assert_eq!(spec.args, ["-y", "pkg"]);
         assert_eq!(spec.env.get("K"), Some(&Secret("v".into())));
-        assert_eq!(spec.cwd, Path::new("/srv/acme"));
+        assert_eq!(spec.cwd.as_deref(), Some(Path::new("/srv/acme")));
         assert_eq!(spec.idle_ttl, Duration::from_secs(60));
         let mut token = [0u8; 32];
         hex::decode_to_slice(TOKEN_HEX, &mut token).unwrap();
@@ -493,12 +560,46 @@ mod tests {
         assert_eq!(
             parse(r#"{"command": "x", "cwd": "data/acme"}"#)
                 .unwrap()
-                .cwd,
-            Path::new("/clients/data/acme")
+                .cwd
+                .as_deref(),
+            Some(Path::new("/clients/data/acme"))
         );
         assert_eq!(
-            parse(r#"{"command": "x", "cwd": "/abs"}"#).unwrap().cwd,
-            Path::new("/abs")
+            parse(r#"{"command": "x", "cwd": "/abs"}"#)
+                .unwrap()
+                .cwd
+                .as_deref(),
+            Some(Path::new("/abs"))
+        );
+    }
+
+    #[test]
+    fn sandbox_field_adds_paths_or_opts_out() {
+        let spec = |json: &str| parse(json).unwrap().sandbox;
+        assert_eq!(spec(r#"{"command": "x"}"#), SandboxSpec::Default);
+        assert_eq!(
+            spec(r#"{"command": "x", "sandbox": true}"#),
+            SandboxSpec::Default
+        );
+        assert_eq!(
+            spec(r#"{"command": "x", "sandbox": false}"#),
+            SandboxSpec::Off
+        );
+        assert_eq!(
+            spec(
+                r#"{"command": "x", "sandbox": {"read": ["/usr", "/etc/hostname"], "write": ["/tmp"]}}"#
+            ),
+            SandboxSpec::Extra {
+                read: vec!["/usr".into(), "/etc/hostname".into()],
+                write: vec!["/tmp".into()],
+            }
+        );
+        assert_eq!(
+            spec(r#"{"command": "x", "sandbox": {}}"#),
+            SandboxSpec::Extra {
+                read: vec![],
+                write: vec![],
+            }
         );
     }
 
@@ -623,6 +724,30 @@ mod tests {
                 "\"description\": invalid type: boolean",
             ),
             (
+                r#"{"command": "x", "sandbox": "off"}"#,
+                "\"sandbox\" must be false, true, or {\"read\": [paths], \"write\": [paths]}",
+            ),
+            (
+                r#"{"command": "x", "sandbox": {"reed": ["/usr"]}}"#,
+                "\"sandbox\": unknown field `reed`, expected `read` or `write`",
+            ),
+            (
+                r#"{"command": "x", "sandbox": {"read": "/usr"}}"#,
+                "\"sandbox.read\" must be a list of absolute paths",
+            ),
+            (
+                r#"{"command": "x", "sandbox": {"write": [1]}}"#,
+                "\"sandbox.write\" must be a list of absolute paths",
+            ),
+            (
+                r#"{"command": "x", "sandbox": {"read": ["usr/lib"]}}"#,
+                "\"sandbox.read\": \"usr/lib\" is not an absolute path",
+            ),
+            (
+                r#"{"command": "x", "sandbox": {"write": ["/nonexistent/mcpmux"]}}"#,
+                "\"sandbox.write\": \"/nonexistent/mcpmux\" does not exist",
+            ),
+            (
                 r#"{"command": "x", "command": "y"}"#,
                 "duplicate field \"command\"",
             ),
@@ -710,7 +835,7 @@ mod tests {
         assert!(full.token_sha256.is_some() && full.limits.processes == Some(64));
         assert_eq!(
             specs[&ClientId::parse("pasted").unwrap()].cwd,
-            dir.join("pasted-data")
+            Some(dir.join("pasted-data"))
         );
     }
 

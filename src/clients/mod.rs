@@ -24,7 +24,7 @@ pub use watch::{ReloadHandle, WatchConfig, spawn_watcher};
 /// Daemon-wide defaults that a client file may override.
 #[derive(Debug, Clone)]
 pub struct Defaults {
-    /// The clients directory: the default `cwd` of every child.
+    /// The clients directory: a relative `cwd` is taken from it.
     pub clients_dir: PathBuf,
     /// Idle TTL for files without `idle_ttl_secs`.
     pub idle_ttl: Duration,
@@ -41,18 +41,37 @@ pub struct ClientSpec {
     pub command: String,
     /// Arguments, passed without a shell.
     pub args: Vec<String>,
-    /// Environment the file gives; the child gets only this plus PATH, HOME and LANG.
+    /// Environment the file gives; the child gets only this plus PATH, HOME, TMPDIR, LANG.
     pub env: BTreeMap<String, Secret>,
-    /// Working directory of the child (the file's `cwd`, or the clients directory).
-    pub cwd: PathBuf,
+    /// Working directory of the child from the file's `cwd`; `None`: its state directory.
+    pub cwd: Option<PathBuf>,
     /// Idle time after which the child is stopped.
     pub idle_ttl: Duration,
     /// SHA-256 of the tenant's bearer token, when the file sets one.
     pub token_sha256: Option<TokenHash>,
     /// Per-child resource limits (`rlimit_*` fields).
     pub limits: Limits,
+    /// The file's `sandbox` field.
+    pub sandbox: SandboxSpec,
     /// SHA-256 of the file's bytes: a reload whose hash is unchanged restarts nothing.
     pub content_hash: [u8; 32],
+}
+
+/// A client file's `sandbox` field: paths added to the default policy, or opting out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SandboxSpec {
+    /// No `sandbox` field (or `true`): the default policy.
+    #[default]
+    Default,
+    /// `{"read": [...], "write": [...]}`: absolute, existing paths added to the policy.
+    Extra {
+        /// Read and execute.
+        read: Vec<PathBuf>,
+        /// Read, write and execute.
+        write: Vec<PathBuf>,
+    },
+    /// `false`: this tenant's child runs unsandboxed.
+    Off,
 }
 
 /// Resource limits applied to a tenant's child; `None` leaves the daemon's own limit.

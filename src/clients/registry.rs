@@ -184,10 +184,11 @@ mod tests {
             command: "cmd".into(),
             args: vec![],
             env: Default::default(),
-            cwd: PathBuf::from("/c"),
+            cwd: Some(PathBuf::from("/c")),
             idle_ttl: Duration::from_secs(300),
             token_sha256: None,
             limits: Limits::default(),
+            sandbox: Default::default(),
             content_hash,
         })
     }

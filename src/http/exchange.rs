@@ -533,7 +533,7 @@ pub(super) fn start_failed(id: &str, err: StartError) -> Response<Body> {
             return ApiError::unavailable("TOO_MANY_CHILDREN", msg, 1).into_response();
         }
         StartError::NotInitialized => None,
-        StartError::Spawn(error) => Some(json!({ "error": error })),
+        StartError::Spawn { data, .. } => Some(data),
         StartError::Rejected { child_error, exit } => {
             let mut data = exit.map_or_else(|| json!({}), |e| exit::report(&e.info, &e.limits).1);
             if let Some(obj) = data.as_object_mut() {
@@ -558,7 +558,7 @@ mod tests {
     use tokio::sync::Notify;
 
     use super::*;
-    use crate::child::{self, ChildSettings};
+    use crate::child;
     use crate::clients::{ClientId, Limits};
     use crate::mcp::session::Sessions;
 
@@ -570,16 +570,14 @@ mod tests {
             command: "cat".into(),
             args: Vec::new(),
             env: BTreeMap::new(),
-            cwd: std::env::temp_dir(),
+            cwd: None,
             idle_ttl: Duration::from_secs(300),
             token_sha256: None,
             limits: Limits::default(),
+            sandbox: Default::default(),
             content_hash: [0; 32],
         };
-        let settings = ChildSettings {
-            max_line_bytes: 1 << 20,
-            stop_grace: Duration::from_millis(100),
-        };
+        let settings = child::testing::settings(100);
         let (handle, _events) = child::spawn(&spec, &settings).unwrap();
         let sessions = Arc::new(Sessions::default());
         Relay::new(

@@ -204,6 +204,11 @@ impl Relay {
         self.sessions.tasks().held_until(self.generation)
     }
 
+    /// Whether (and how) the child is sandboxed.
+    pub fn sandbox(&self) -> &crate::child::sandbox::SandboxReport {
+        self.child.sandbox()
+    }
+
     /// Hash of the client file the child was started from.
     pub fn spec_hash(&self) -> [u8; 32] {
         self.spec_hash

@@ -54,13 +54,20 @@ const SUBSCRIBED_URI: &str = "demo://resource/dynamic/text/1";
 // Harness
 // ---------------------------------------------------------------------------------------------
 
-/// server-everything on stdio, its stdin tapped into `log`.
+/// server-everything on stdio, its stdin tapped into `log`; sandboxed, with the tap, the
+/// package tree and the log's directory granted.
 fn tapped_everything_spec(log: &ChildLog) -> Value {
     let tap = repo_root().join("tests/fixtures/stdin_tap.py");
     let entry = everything_entry();
+    let modules = repo_root().join("tests/interop/node_modules");
+    let fixtures = crate::util::fixtures_dir();
     json!({
-        "command": "python3",
-        "args": [tap.to_str().unwrap(), log.path(), "node", entry.to_str().unwrap(), "stdio"]
+        "command": crate::util::system_python(),
+        "args": [tap.to_str().unwrap(), log.path(), "node", entry.to_str().unwrap(), "stdio"],
+        "sandbox": {
+            "read": [fixtures.to_str().unwrap(), modules.to_str().unwrap()],
+            "write": [log.dir()],
+        },
     })
 }
 

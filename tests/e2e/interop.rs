@@ -62,9 +62,15 @@ pub fn everything_entry() -> PathBuf {
         .join("tests/interop/node_modules/@modelcontextprotocol/server-everything/dist/index.js")
 }
 
-/// A client file running server-everything on stdio under node.
-fn everything_spec() -> Value {
-    json!({"command": "node", "args": [everything_entry().to_str().unwrap(), "stdio"]})
+/// A client file running server-everything on stdio under node, sandboxed: its package tree
+/// (outside the system trees) is granted read access.
+pub(crate) fn everything_spec() -> Value {
+    let modules = repo_root().join("tests/interop/node_modules");
+    json!({
+        "command": "node",
+        "args": [everything_entry().to_str().unwrap(), "stdio"],
+        "sandbox": {"read": [modules.to_str().unwrap()]},
+    })
 }
 
 /// Runs `sdk_client.py http <url> --client-id <id> --mode <mode>` and returns its JSON summary.
@@ -132,6 +138,10 @@ async fn python_sdk_session_client_reaches_server_everything() {
         json!(["Echo: hello through mcpmux"]),
         "{summary:#}"
     );
+    // The default `--sandbox auto` sandboxed the child on this kernel (ABI 6+ here).
+    let status = crate::util::admin_status(&daemon).await;
+    let entry = crate::util::tenant_status(&status, "everything");
+    assert!(entry["sandbox"]["abi"].as_i64() >= Some(6), "{entry:#}");
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@ use tokio::time::timeout;
 
 use crate::util::{
     ChildLog, Daemon, HTTP_TIMEOUT, TempClients, call_tool, child_pid, echo_spec, fake_child_spec,
-    initialize, initialize_params, logged_fake_child_spec, post, processes_with_marker, repo_root,
+    initialize, initialize_params, logged_fake_child_spec, post, processes_with_marker,
     wait_no_process_with_marker, zombie_children_of,
 };
 
@@ -30,16 +30,24 @@ fn with_ttl_1s(mut spec: Value) -> Value {
 }
 
 /// A child that starts a grandchild holding its stdout/stderr (as `npx` → `node` does):
-/// `sh -c 'sleep 3000.<marker> & exec python3 fake_child.py --log-file <log>'`.
+/// `sh -c 'sleep 3000.<marker> & exec python3 fake_child.py --log-file <log>'`, sandboxed
+/// with the fixtures readable and the log's directory writable.
 pub(crate) fn grandchild_spec(log: &ChildLog) -> Value {
-    let script = repo_root().join("tests/fixtures/fake_child.py");
+    let fixtures = crate::util::fixtures_dir();
+    let script = fixtures.join("fake_child.py");
     let script = script.to_str().expect("repo path must be UTF-8");
     let line = format!(
-        "sleep 3000.{} & exec python3 '{script}' --log-file '{}'",
+        "sleep 3000.{} & exec {} '{script}' --log-file '{}'",
         log.marker(),
+        crate::util::system_python(),
         log.path()
     );
-    json!({"command": "sh", "args": ["-c", line]})
+    let read = fixtures.to_str().expect("repo path must be UTF-8");
+    json!({
+        "command": "sh",
+        "args": ["-c", line],
+        "sandbox": {"read": [read], "write": [log.dir()]},
+    })
 }
 
 /// Asserts `called` is the JSON-RPC error of a child that exited with `code`, with `stderr`

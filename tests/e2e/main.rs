@@ -25,6 +25,7 @@ mod origin;
 mod reload;
 mod request_logs;
 mod rounds;
+mod sandbox;
 mod session_era;
 mod smoke;
 mod stateless;

@@ -778,20 +778,27 @@ async fn swapped_clients_directory_symlink_is_followed() {
 
 /// A child held at a gate: `sh` waits for a line on the FIFO `gate`, then becomes `mcp-echo`.
 /// The daemon has spawned it (and sent `initialize`), but it answers nothing until the test
-/// opens the gate, so the test decides exactly when its start completes.
+/// opens the gate, so the test decides exactly when its start completes. The gate lies beside
+/// the clients directory (which the sandbox never grants) and is granted by the file.
 fn gated_spec(gate: &Path, mark: &str) -> Value {
     let script = format!(
         "read go < '{}' && exec '{}'",
         gate.display(),
         env!("CARGO_BIN_EXE_mcp-echo")
     );
-    json!({"command": "sh", "args": ["-c", script], "env": {MARK_VAR: mark}})
+    let gate = gate.to_str().expect("temp path must be UTF-8");
+    json!({
+        "command": "sh",
+        "args": ["-c", script],
+        "env": {MARK_VAR: mark},
+        "sandbox": {"read": [gate]},
+    })
 }
 
 #[tokio::test]
 async fn child_started_from_the_old_file_during_an_edit_is_stopped_not_leaked() {
     let clients = TempClients::new();
-    let gate = clients.path().join("gate.fifo");
+    let gate = clients.root().join("gate.fifo");
     let status = std::process::Command::new("mkfifo")
         .arg(&gate)
         .status()

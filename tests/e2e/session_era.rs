@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::process::Command;
 use tokio::time::{Instant, timeout};
 
-use crate::interop::{ensure_setup, everything_entry, venv_python};
+use crate::interop::{ensure_setup, venv_python};
 use crate::util::{
     Daemon, SseEvent, SseStream, TempClients, admin_status, fake_child_spec, initialize,
     initialize_params, initialize_with, mcp_request, messages, post, repo_root, tenant_status,
@@ -593,11 +593,7 @@ async fn a_child_with_a_running_task_is_not_reaped_for_idleness() {
 async fn a_capable_sdk_session_after_a_bare_probe_gets_the_trigger_tools_and_is_asked() {
     ensure_setup();
     let clients = TempClients::new();
-    let entry = everything_entry();
-    clients.write(
-        TENANT,
-        &json!({"command": "node", "args": [entry.to_str().unwrap(), "stdio"]}),
-    );
+    clients.write(TENANT, &crate::interop::everything_spec());
     let daemon = Daemon::start(&clients, &[]).await;
     // A health probe initializes the child first, declaring nothing.
     // Its GET stream is open, so it could be asked if routing ignored capabilities.

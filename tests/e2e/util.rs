@@ -55,22 +55,47 @@ pub fn unique_marker() -> String {
 // Clients directory
 // ---------------------------------------------------------------------------------------------
 
-/// A clients directory unique to one test, removed when dropped.
+/// A clients directory unique to one test, with a state directory beside it (`<root>/clients`
+/// and `<root>/state`), removed when dropped.
 pub struct TempClients {
-    dir: tempfile::TempDir,
+    root: tempfile::TempDir,
+    clients: PathBuf,
+    state: PathBuf,
 }
 
 impl TempClients {
     pub fn new() -> TempClients {
-        let dir = tempfile::Builder::new()
+        let root = tempfile::Builder::new()
             .prefix("mcpmux-e2e-clients-")
             .tempdir()
             .expect("a temp clients dir must be creatable");
-        TempClients { dir }
+        let clients = root.path().join("clients");
+        std::fs::create_dir(&clients).expect("the clients dir must be creatable");
+        let state = root.path().join("state");
+        TempClients {
+            root,
+            clients,
+            state,
+        }
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.clients
+    }
+
+    /// The directory holding `clients/` and `state/`.
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// The daemon's `--state-dir` (created by the daemon).
+    pub fn state_dir(&self) -> &Path {
+        &self.state
+    }
+
+    /// Tenant `id`'s state directory: its child's cwd, HOME and TMPDIR.
+    pub fn tenant_state(&self, id: &str) -> PathBuf {
+        self.state.join(id)
     }
 
     /// The path of client `id`'s file, `<dir>/<id>.json`.
@@ -104,14 +129,32 @@ pub fn echo_spec() -> Value {
     json!({"command": "mcp-echo"})
 }
 
+/// The system's Python (under `/usr`, which the sandbox grants) when there is one; a
+/// `python3` found first on `PATH` may be a shim (pyenv) whose tree the sandbox denies.
+pub fn system_python() -> &'static str {
+    if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
+/// The fixtures directory, which a Python fixture's client file grants read access to
+/// (`"sandbox": {"read": [...]}`), as an operator would for a script outside the system trees.
+pub fn fixtures_dir() -> PathBuf {
+    repo_root().join("tests/fixtures")
+}
+
 /// The Python raw fixture child, `tests/fixtures/fake_child.py`, with `args` after the script.
 pub fn fake_child_spec(args: &[&str]) -> Value {
-    let script = repo_root().join("tests/fixtures/fake_child.py");
+    let script = fixtures_dir().join("fake_child.py");
     let mut argv = vec![Value::from(
         script.to_str().expect("repo path must be UTF-8"),
     )];
     argv.extend(args.iter().map(|a| Value::from(*a)));
-    json!({"command": "python3", "args": argv})
+    let fixtures = fixtures_dir();
+    let read = fixtures.to_str().expect("repo path must be UTF-8");
+    json!({"command": system_python(), "args": argv, "sandbox": {"read": [read]}})
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -185,6 +228,11 @@ impl Daemon {
         ];
         let dir = clients.path().to_str().expect("temp path must be UTF-8");
         args.extend(["--clients", dir]);
+        let state = clients
+            .state_dir()
+            .to_str()
+            .expect("temp path must be UTF-8");
+        args.extend(["--state-dir", state]);
         args.extend(extra_args);
         Daemon::spawn(&args, env).await
     }
@@ -365,10 +413,14 @@ pub fn mcpmux_command(args: &[&str]) -> Command {
 }
 
 /// A `Command` for `program` with the test's `MCPMUX_*` variables removed and `NO_COLOR` set,
-/// for trampolines that exec `mcpmux` themselves.
+/// for trampolines that exec `mcpmux` themselves. A daemon started without `--state-dir`
+/// keeps its tenants' state under one shared temp directory, not the developer's home.
 pub fn isolated_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut cmd = Command::new(program);
-    cmd.env("NO_COLOR", "1");
+    cmd.env("NO_COLOR", "1").env_remove("STATE_DIRECTORY").env(
+        "XDG_STATE_HOME",
+        std::env::temp_dir().join("mcpmux-e2e-xdg-state"),
+    );
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("MCPMUX_") {
             cmd.env_remove(name);
@@ -813,6 +865,11 @@ impl ChildLog {
         }
     }
 
+    /// The directory the log file is in.
+    pub fn dir(&self) -> &str {
+        self._dir.path().to_str().expect("temp path must be UTF-8")
+    }
+
     /// The path to pass as `--log-file`.
     pub fn path(&self) -> &str {
         self.path.to_str().expect("temp path must be UTF-8")
@@ -845,11 +902,14 @@ impl ChildLog {
     }
 }
 
-/// [`fake_child_spec`] with `--log-file` pointing at `log`, then `args`.
+/// [`fake_child_spec`] with `--log-file` pointing at `log` (whose directory the sandbox
+/// lets it write), then `args`.
 pub fn logged_fake_child_spec(log: &ChildLog, args: &[&str]) -> Value {
     let mut all = vec!["--log-file", log.path()];
     all.extend(args);
-    fake_child_spec(&all)
+    let mut spec = fake_child_spec(&all);
+    spec["sandbox"]["write"] = json!([log.dir()]);
+    spec
 }
 
 /// The child's pid, from its `pid` tool (both the fake child and `mcp-echo` have one).
