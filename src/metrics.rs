@@ -6,16 +6,14 @@
 //! drift from the truth. Label values are bounded: the method label is one of the MCP
 //! methods below or `other`, and requests not admitted to a tenant use client_id `-`.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use metrics::{Counter, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-
-use crate::sync::lock;
 
 /// How often recorded histogram samples are folded into their buckets.
 pub const UPKEEP_PERIOD: Duration = Duration::from_secs(5);
@@ -139,11 +137,15 @@ struct RequestSeries {
 
 /// Handles by client_id, then (method, status): the recorder's lookup builds label
 /// strings and hashes the whole key, which cost more than the update itself on every
-/// request. Bounded like the recorder's own registry, which keeps every series it has
-/// seen: client_ids are configured tenants or `-`, methods and statuses are fixed sets.
-static REQUEST_SERIES: LazyLock<Mutex<RequestSeriesMap>> = LazyLock::new(Mutex::default);
-
+/// request. One map per thread, so no lock is shared between the workers (a worker
+/// preempted while holding one would stall the other). Bounded like the recorder's own
+/// registry, which keeps every series it has seen: client_ids are configured tenants or
+/// `-`, methods and statuses are fixed sets.
 type RequestSeriesMap = HashMap<Box<str>, HashMap<(&'static str, u16), RequestSeries>>;
+
+thread_local! {
+    static REQUEST_SERIES: RefCell<RequestSeriesMap> = RefCell::new(HashMap::new());
+}
 
 /// One answered HTTP request.
 pub fn request(client_id: &str, method: &'static str, status: u16, took: Duration) {
@@ -151,22 +153,17 @@ pub fn request(client_id: &str, method: &'static str, status: u16, took: Duratio
         series.duration.record(took.as_secs_f64());
         series.total.increment(1);
     };
-    {
-        // Both updates are atomics: cheap enough to make under the lock, which saves
-        // cloning the handles out.
-        let map = lock(&REQUEST_SERIES);
+    REQUEST_SERIES.with_borrow_mut(|map| {
         if let Some(series) = map.get(client_id).and_then(|m| m.get(&(method, status))) {
             record(series);
             return;
         }
-    }
-    // First request with these labels: register outside the lock (the recorder has its own).
-    let made = request_series(client_id, method, status);
-    record(&made);
-    lock(&REQUEST_SERIES)
-        .entry(client_id.into())
-        .or_default()
-        .insert((method, status), made);
+        let made = request_series(client_id, method, status);
+        record(&made);
+        map.entry(client_id.into())
+            .or_default()
+            .insert((method, status), made);
+    });
 }
 
 fn request_series(client_id: &str, method: &'static str, status: u16) -> RequestSeries {
