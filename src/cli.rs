@@ -147,4 +147,11 @@ pub struct ServeArgs {
     /// resume it (GET with Last-Event-ID); then it is cancelled at the child. 0: at once.
     #[arg(long, env = "MCPMUX_RESUME_GRACE", default_value_t = 5.0)]
     pub resume_grace: f64,
+    /// Sign session ids with the keys in this file (one 64-hex-character key per line, mode
+    /// 0600 or stricter; the first signs, all verify), so any node sharing it resumes them.
+    #[arg(long, env = "MCPMUX_SESSION_KEY_FILE")]
+    pub session_key_file: Option<PathBuf>,
+    /// Seconds a signed session id stays valid from its issue, on every node.
+    #[arg(long, env = "MCPMUX_SESSION_LIFETIME", default_value_t = 86_400)]
+    pub session_lifetime: u64,
 }

@@ -143,6 +143,12 @@ async fn run(args: ServeArgs, settings: Arc<Settings>) -> anyhow::Result<()> {
         if reload.reload_now().await.is_none() {
             warn!("reload requested but the watcher is not running");
         }
+        if let Some(tokens) = &settings.session_tokens {
+            match tokens.reload() {
+                Ok(keys) => info!(keys, "session key file re-read"),
+                Err(e) => error!("session key file not re-read, the keys in force stay: {e}"),
+            }
+        }
         systemd::ready();
     }
     systemd::stopping();

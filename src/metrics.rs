@@ -201,6 +201,11 @@ pub fn start_failed(client_id: &str) {
         .increment(1);
 }
 
+/// A signed session this node had never seen was resumed.
+pub fn session_resumed(client_id: &str) {
+    counter!("mcpmux_sessions_resumed_total", "client_id" => client_id.to_string()).increment(1);
+}
+
 /// A child was reaped for idleness.
 pub fn reaped(client_id: &str) {
     counter!("mcpmux_child_reaps_total", "client_id" => client_id.to_string()).increment(1);

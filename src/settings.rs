@@ -1,12 +1,14 @@
 //! Validated daemon settings, built from the command line before anything is bound.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::child::sandbox::{self, SandboxSettings};
 use crate::child::{ChildSettings, state};
 use crate::cli::{SandboxMode, ServeArgs};
 use crate::clients::Defaults;
+use crate::token::SessionTokens;
 
 /// Sessions kept per tenant at most; beyond it `initialize` gets 503.
 pub const MAX_SESSIONS_PER_TENANT: usize = 10_000;
@@ -44,6 +46,8 @@ pub struct Settings {
     pub header_read_timeout: Duration,
     /// How long a broken SSE reply waits for its caller to resume before it is cancelled.
     pub resume_grace: Duration,
+    /// Signed session ids (`--session-key-file`); `None`: node-local random ids.
+    pub session_tokens: Option<Arc<SessionTokens>>,
 }
 
 /// A setting that cannot be used.
@@ -69,6 +73,18 @@ fn positive(flag: &'static str, value: u64) -> Result<u64, SettingsError> {
         });
     }
     Ok(value)
+}
+
+fn session_tokens(args: &ServeArgs) -> Result<Option<Arc<SessionTokens>>, SettingsError> {
+    let lifetime = Duration::from_secs(positive("session-lifetime", args.session_lifetime)?);
+    let Some(path) = &args.session_key_file else {
+        return Ok(None);
+    };
+    let tokens = SessionTokens::load(path, lifetime).map_err(|e| SettingsError {
+        flag: "session-key-file",
+        reason: e.to_string(),
+    })?;
+    Ok(Some(Arc::new(tokens)))
 }
 
 impl Settings {
@@ -137,6 +153,7 @@ impl Settings {
             allow_open_tenants: args.allow_open_tenants,
             header_read_timeout: seconds("header-read-timeout", args.header_read_timeout)?,
             resume_grace: seconds("resume-grace", args.resume_grace)?,
+            session_tokens: session_tokens(args)?,
         })
     }
 }

@@ -37,7 +37,7 @@ pub(super) async fn serve(
         Ok(elements) => elements,
         Err(e) => return rpc_error(StatusCode::BAD_REQUEST, e.code(), &e.to_string()),
     };
-    let session = match session_of(ctx, headers) {
+    let session = match session_of(app, ctx, headers).await {
         Ok(session) => session,
         Err(response) => return response,
     };

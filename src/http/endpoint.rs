@@ -17,8 +17,8 @@ use crate::mcp::envelope::{self, INVALID_REQUEST, Kind};
 pub async fn handle(app: &Arc<App>, ctx: Ctx, req: http::Request<Incoming>) -> Response<Body> {
     match *req.method() {
         Method::POST => post(app, ctx, req).await,
-        Method::GET => mcp::get(app, ctx, req.headers()),
-        Method::DELETE => mcp::delete(ctx, req.headers()),
+        Method::GET => mcp::get(app, ctx, req.headers()).await,
+        Method::DELETE => mcp::delete(app, ctx, req.headers()).await,
         _ => {
             let mut response = rpc_error(
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use serde::Deserialize;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::App;
 use super::body::Body;
@@ -31,6 +31,7 @@ use crate::mcp::relay::Relay;
 use crate::mcp::session::{Session, new_session_id};
 use crate::mcp::version::{self, Revision};
 use crate::settings::MAX_SESSIONS_PER_TENANT;
+use crate::token::{EndMark, IssueError};
 
 /// The session header.
 pub const SESSION_HEADER: &str = "mcp-session-id";
@@ -48,7 +49,7 @@ pub(super) async fn post(post: &Post<'_>) -> Response<Body> {
         return initialize(post).await;
     }
     let ctx = post.ctx;
-    let session = match session_of(ctx, post.headers) {
+    let session = match session_of(post.app, ctx, post.headers).await {
         Ok(session) => session,
         Err(response) => return response,
     };
@@ -111,17 +112,39 @@ impl Era for SessionEra {
     }
 }
 
-pub(super) fn session_of(ctx: &Ctx, headers: &HeaderMap) -> Result<Arc<Session>, Response<Body>> {
-    let Some(id) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
-        let msg = "Mcp-Session-Id header is required (send initialize first)";
-        return Err(rpc_error(StatusCode::BAD_REQUEST, INVALID_REQUEST, msg));
-    };
-    let Some(session) = ctx.tenant.sessions.get(id) else {
-        return Err(rpc_error(
-            StatusCode::NOT_FOUND,
-            INVALID_REQUEST,
-            "session not found; initialize a new session",
-        ));
+/// The 404 for an unknown, ended or refused session id.
+pub(super) fn session_not_found() -> Response<Body> {
+    rpc_error(
+        StatusCode::NOT_FOUND,
+        INVALID_REQUEST,
+        "session not found; initialize a new session",
+    )
+}
+
+fn session_id(headers: &HeaderMap) -> Result<&str, Response<Body>> {
+    headers
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            let msg = "Mcp-Session-Id header is required (send initialize first)";
+            rpc_error(StatusCode::BAD_REQUEST, INVALID_REQUEST, msg)
+        })
+}
+
+/// The request's session: known here, or resumed from its signed id (see `resume`).
+pub(super) async fn session_of(
+    app: &Arc<App>,
+    ctx: &Ctx,
+    headers: &HeaderMap,
+) -> Result<Arc<Session>, Response<Body>> {
+    let id = session_id(headers)?;
+    let session = match ctx.tenant.sessions.get(id) {
+        Some(session) if session.signed_expired() => {
+            ctx.tenant.sessions.remove(id); // its absolute expiry ends it on every node
+            return Err(session_not_found());
+        }
+        Some(session) => session,
+        None => super::resume::resume(app, ctx, id).await?,
     };
     // Any supported revision may be named (TS clients send their oldest); it need not be
     // the session's own.
@@ -139,6 +162,13 @@ struct InitParams<'a> {
     protocol_version: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
     capabilities: Option<&'a serde_json::value::RawValue>,
+}
+
+/// What a caller can answer, from its raw `initialize` params at `version`.
+pub(super) fn caps_of(params: &str, version: &str) -> ClientCaps {
+    let revision = Revision::parse(version).unwrap_or(Revision::R2024_11_05);
+    let raw = serde_json::from_str::<InitParams<'_>>(params).ok();
+    ClientCaps::parse(raw.and_then(|p| p.capabilities), revision)
 }
 
 async fn initialize(post: &Post<'_>) -> Response<Body> {
@@ -171,8 +201,8 @@ async fn initialize(post: &Post<'_>) -> Response<Body> {
     let version = version::negotiate(wanted, &child_version);
     let revision = Revision::parse(&version).unwrap_or(Revision::R2024_11_05);
     let caps = ClientCaps::parse(parsed.capabilities, revision);
-    let session_id = match new_session_id() {
-        Ok(sid) => sid,
+    let (session_id, mark) = match issue_id(app, ctx, &version, params.get()) {
+        Ok(issued) => issued,
         Err(e) => {
             return rpc_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -195,6 +225,9 @@ async fn initialize(post: &Post<'_>) -> Response<Body> {
         )
         .into_response();
     };
+    if let Some(mark) = mark {
+        session.mark_signed(|| mark);
+    }
     let result = with_version(&cache.result, &version);
     let mut message = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":"#).into_bytes();
     message.extend_from_slice(&result);
@@ -205,6 +238,26 @@ async fn initialize(post: &Post<'_>) -> Response<Body> {
         response.headers_mut().insert(SESSION_HEADER, value);
     }
     response
+}
+
+/// A new session id: signed with `--session-key-file`, else node-local random. A session
+/// whose params cannot be signed (over the size limit) gets a node-local id.
+fn issue_id(
+    app: &App,
+    ctx: &Ctx,
+    version: &str,
+    params: &str,
+) -> Result<(Arc<str>, Option<EndMark>), getrandom::Error> {
+    if let Some(tokens) = &app.settings.session_tokens {
+        match tokens.issue(ctx.tenant.id.as_str(), version, params) {
+            Ok((token, mark)) => return Ok((token.into(), Some(mark))),
+            Err(IssueError::Random(e)) => return Err(e),
+            Err(e) => {
+                warn!(client_id = %ctx.tenant.id, error = %e, "session id not signed; this session cannot move between nodes");
+            }
+        }
+    }
+    Ok((new_session_id()?, None))
 }
 
 #[derive(Deserialize)]
@@ -284,7 +337,7 @@ fn cancelled_for_child(
     Some(splice(body, &mut [(span, child_id.to_string().as_bytes())]).into())
 }
 
-pub(super) fn get(app: &Arc<App>, ctx: Ctx, headers: &HeaderMap) -> Response<Body> {
+pub(super) async fn get(app: &Arc<App>, ctx: Ctx, headers: &HeaderMap) -> Response<Body> {
     if !exchange::accept(headers).sse {
         return rpc_error(
             StatusCode::NOT_ACCEPTABLE,
@@ -292,7 +345,7 @@ pub(super) fn get(app: &Arc<App>, ctx: Ctx, headers: &HeaderMap) -> Response<Bod
             "Accept must allow text/event-stream",
         );
     }
-    let session = match session_of(&ctx, headers) {
+    let session = match session_of(app, &ctx, headers).await {
         Ok(session) => session,
         Err(response) => return response,
     };
@@ -314,8 +367,20 @@ pub(super) fn get(app: &Arc<App>, ctx: Ctx, headers: &HeaderMap) -> Response<Bod
     reply::framed_response(attached, Some(shutdown))
 }
 
-pub(super) fn delete(ctx: Ctx, headers: &HeaderMap) -> Response<Body> {
-    let session = match session_of(&ctx, headers) {
+pub(super) async fn delete(app: &Arc<App>, ctx: Ctx, headers: &HeaderMap) -> Response<Body> {
+    let id = match session_id(headers) {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    if ctx.tenant.sessions.get(id).is_none() {
+        // A signed id this node does not hold is ended without being resumed first.
+        return if super::resume::end_unknown(app, &ctx, id) {
+            empty(StatusCode::NO_CONTENT)
+        } else {
+            session_not_found()
+        };
+    }
+    let session = match session_of(app, &ctx, headers).await {
         Ok(session) => session,
         Err(response) => return response,
     };

@@ -10,6 +10,7 @@ mod exchange;
 pub mod mcp;
 mod origin;
 mod reply;
+mod resume;
 mod stateless;
 pub mod tenant;
 

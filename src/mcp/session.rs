@@ -29,6 +29,7 @@ use super::stream::{EventId, GET_STREAM, ResumeError, Streams};
 use super::tasks::Tasks;
 use super::version::Revision;
 use crate::sync::lock;
+use crate::token::EndMark;
 
 /// One MCP session.
 #[derive(Debug)]
@@ -44,9 +45,26 @@ pub struct Session {
     pub caps: ClientCaps,
     streams: Mutex<Streams>,
     last_seen: Mutex<Instant>,
+    /// For a signed id: records its end on this node when taken or dropped.
+    signed: Mutex<Option<EndMark>>,
 }
 
 impl Session {
+    /// Attaches the mark of a signed id unless one is attached; true when this call did.
+    pub fn mark_signed(&self, make: impl FnOnce() -> EndMark) -> bool {
+        let mut signed = lock(&self.signed);
+        if signed.is_some() {
+            return false;
+        }
+        *signed = Some(make());
+        true
+    }
+
+    /// True when the session's signed id is past its absolute expiry.
+    pub fn signed_expired(&self) -> bool {
+        lock(&self.signed).as_ref().is_some_and(EndMark::is_expired)
+    }
+
     /// Records use, postponing expiry.
     pub fn touch(&self) {
         *lock(&self.last_seen) = Instant::now();
@@ -128,7 +146,8 @@ pub fn new_session_id() -> Result<Arc<str>, getrandom::Error> {
 }
 
 impl Sessions {
-    /// Adds a session; `None` when the tenant already has `max` sessions.
+    /// Adds a session, or returns the one already under `id` (two requests resuming one
+    /// signed id at once); `None` when the tenant already has `max` sessions.
     pub fn insert(
         &self,
         id: Arc<str>,
@@ -137,6 +156,9 @@ impl Sessions {
         max: usize,
     ) -> Option<Arc<Session>> {
         let mut map = lock(&self.map);
+        if let Some(existing) = map.get(&id) {
+            return Some(existing.clone());
+        }
         if map.len() >= max {
             return None;
         }
@@ -148,6 +170,7 @@ impl Sessions {
             caps,
             streams: Mutex::default(),
             last_seen: Mutex::new(Instant::now()),
+            signed: Mutex::default(),
         });
         map.insert(id, session.clone());
         Some(session)
@@ -171,6 +194,9 @@ impl Sessions {
 
     fn ended(&self, session: &Session) {
         self.tasks.session_ended(&session.id);
+        // Now, not when the last holder lets go: a request still in flight must not let
+        // this node resume the id meanwhile.
+        drop(lock(&session.signed).take());
         self.forget(&session.id);
     }
 
