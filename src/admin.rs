@@ -7,13 +7,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::clients::Registry;
-use crate::http::{Body, empty, json_response};
+use crate::http::{Body, RequestBody, empty, json_response};
 use crate::pool::Pool;
 
 /// State the admin endpoints read.
@@ -33,7 +32,7 @@ pub struct Admin {
 
 impl Admin {
     /// Answers one admin request.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(self: Arc<Self>, req: Request<RequestBody>) -> Response<Body> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             let mut response = empty(StatusCode::METHOD_NOT_ALLOWED);
             response

@@ -130,9 +130,19 @@ pub struct ServeArgs {
     /// port may then use them). Without it, such tenants answer 401.
     #[arg(long, env = "MCPMUX_ALLOW_OPEN_TENANTS")]
     pub allow_open_tenants: bool,
-    /// Seconds a client gets to send its request headers.
+    /// Seconds a client gets to send its request headers (the first one from accept, the
+    /// next ones from the end of the previous response: this is also the idle limit of a
+    /// keep-alive connection, HTTP/1 and HTTP/2).
     #[arg(long, env = "MCPMUX_HEADER_READ_TIMEOUT", default_value_t = 30.0)]
     pub header_read_timeout: f64,
+    /// Seconds a client gets to send a request body once its headers are in (408 and
+    /// close after).
+    #[arg(long, env = "MCPMUX_BODY_READ_TIMEOUT", default_value_t = 30.0)]
+    pub body_read_timeout: f64,
+    /// Connections the tenant port holds at once. Default: derived from the open-file
+    /// limit (see the log line `connection budget` at start).
+    #[arg(long, env = "MCPMUX_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// Make /readyz fail (503) while any tenant's child is in a crash loop.
     #[arg(long, env = "MCPMUX_READY_REQUIRES_NO_CRASHLOOP")]
     pub ready_requires_no_crashloop: bool,

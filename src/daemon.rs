@@ -21,7 +21,12 @@ use tracing::{error, info, warn};
 use crate::admin::Admin;
 use crate::cli::ServeArgs;
 use crate::clients::{Registry, ReloadHandle, ReloadOutcome, WatchConfig, spawn_watcher};
-use crate::http::{App, MCP_PATH};
+use crate::http::budget::{
+    ADMIN_MAX_CONNECTIONS, EVICTION_SLACK, FDS_PER_CHILD, RESERVED_FDS, derived_max_connections,
+    nofile_limit,
+};
+use crate::http::conn::Deadlines;
+use crate::http::{App, MCP_PATH, Port};
 use crate::pool::Pool;
 use crate::settings::Settings;
 use crate::shutdown::{Request, Signals};
@@ -115,23 +120,37 @@ async fn run(args: ServeArgs, settings: Arc<Settings>) -> anyhow::Result<()> {
         // connection for the connection's whole life, and unboxed it is 7.8 KiB.
         Box::pin(async move { app.handle(req).await })
     };
+    let deadlines = Deadlines {
+        header: settings.header_read_timeout,
+        body: settings.body_read_timeout,
+    };
+    let tenant = Port {
+        name: "tenant",
+        max_connections: connection_budget(&settings),
+        deadlines,
+        grace,
+    };
     let server = tokio::spawn(crate::http::serve(
         mcp_listener,
         tenant_port,
+        tenant,
         shutdown.clone(),
-        grace,
-        settings.header_read_timeout,
         heartbeats[0].clone(),
     ));
     let admin_port = move |req| admin.clone().handle(req);
     // The admin port must keep answering /readyz (503) while the tenant port drains.
     let admin_stop = CancellationToken::new();
+    let admin = Port {
+        name: "admin",
+        max_connections: ADMIN_MAX_CONNECTIONS,
+        deadlines,
+        grace: Duration::from_secs(1),
+    };
     let admin_server = tokio::spawn(crate::http::serve(
         admin_listener,
         admin_port,
+        admin,
         admin_stop.clone(),
-        Duration::from_secs(1),
-        settings.header_read_timeout,
         Heartbeat::default(),
     ));
     let watchdog = tokio::spawn(systemd::run_watchdog(heartbeats.to_vec(), shutdown.clone()));
@@ -195,6 +214,31 @@ async fn delay_drain(delay: Duration, signals: &mut Signals) {
     }
 }
 
+/// `--max-connections`, or the budget derived from the open-file limit; logged either way.
+fn connection_budget(settings: &Settings) -> usize {
+    if let Some(max) = settings.max_connections {
+        info!(
+            max_connections = max,
+            "connection budget from --max-connections"
+        );
+        return max;
+    }
+    let nofile = nofile_limit().unwrap_or(1024);
+    let max = derived_max_connections(nofile, settings.max_children);
+    info!(
+        max_connections = max,
+        nofile,
+        reserved = RESERVED_FDS,
+        admin = ADMIN_MAX_CONNECTIONS,
+        eviction_slack = EVICTION_SLACK,
+        per_child = FDS_PER_CHILD,
+        "connection budget derived from the open-file limit: \
+         RLIMIT_NOFILE - reserved - admin - 2 x eviction_slack - children's pipes \
+         (max-children x per_child, at most half the rest); set --max-connections to override"
+    );
+    max
+}
+
 fn start_watcher(
     settings: &Arc<Settings>,
     registry: &Arc<Registry>,
@@ -236,9 +280,7 @@ async fn listener(
 ) -> anyhow::Result<TcpListener> {
     match passed {
         Some(std) => TcpListener::from_std(std).context("cannot use a socket passed by systemd"),
-        None => TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}")),
+        None => crate::http::bind(addr).with_context(|| format!("cannot listen on {addr}")),
     }
 }
 

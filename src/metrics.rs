@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use metrics::{Counter, Histogram, counter, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -113,6 +113,74 @@ fn describe() {
         "mcpmux_sessions_max_per_tenant",
         "Sessions one tenant may have open at once"
     );
+    metrics::describe_gauge!("mcpmux_connections_open", "Open connections by port");
+    metrics::describe_gauge!(
+        "mcpmux_connections_max",
+        "Connection budget by port (--max-connections on the tenant port)"
+    );
+    metrics::describe_counter!(
+        "mcpmux_connections_accepted_total",
+        "Connections accepted, by port (before the budget decides)"
+    );
+    metrics::describe_counter!(
+        "mcpmux_connections_evicted_total",
+        "Connections without a complete request head closed to admit a newer one"
+    );
+    metrics::describe_counter!(
+        "mcpmux_connections_rejected_total",
+        "Connections closed at accept: the budget was full and none could be evicted"
+    );
+    metrics::describe_counter!(
+        "mcpmux_connections_timed_out_total",
+        "Connections closed by a deadline: stage head, idle or body"
+    );
+    metrics::describe_counter!(
+        "mcpmux_accept_errors_total",
+        "Failed accepts by kind (fd_limit: EMFILE/ENFILE, the loop backs off)"
+    );
+}
+
+/// The connection metrics of one listener (`port` is `tenant` or `admin`), resolved once.
+#[derive(Debug, Clone)]
+pub struct ConnMetrics {
+    /// Connections open now.
+    pub open: Gauge,
+    /// Connections accepted.
+    pub accepted: Counter,
+    /// Waiting connections evicted for a newcomer.
+    pub evicted: Counter,
+    /// Newcomers closed at once.
+    pub rejected: Counter,
+    /// Closed for want of a request head.
+    pub head_timeouts: Counter,
+    /// Closed after idling.
+    pub idle_timeouts: Counter,
+    /// Requests answered 408.
+    pub body_timeouts: Counter,
+    /// EMFILE / ENFILE at accept.
+    pub fd_limit_errors: Counter,
+    /// Other accept failures.
+    pub accept_errors: Counter,
+}
+
+impl ConnMetrics {
+    /// The handles for listener `port` with a budget of `max` connections.
+    pub fn new(port: &'static str, max: usize) -> Self {
+        gauge!("mcpmux_connections_max", "port" => port).set(max as f64);
+        let timed_out = |stage: &'static str| counter!("mcpmux_connections_timed_out_total", "port" => port, "stage" => stage);
+        let accept_error = |kind: &'static str| counter!("mcpmux_accept_errors_total", "port" => port, "kind" => kind);
+        Self {
+            open: gauge!("mcpmux_connections_open", "port" => port),
+            accepted: counter!("mcpmux_connections_accepted_total", "port" => port),
+            evicted: counter!("mcpmux_connections_evicted_total", "port" => port),
+            rejected: counter!("mcpmux_connections_rejected_total", "port" => port),
+            head_timeouts: timed_out("head"),
+            idle_timeouts: timed_out("idle"),
+            body_timeouts: timed_out("body"),
+            fd_limit_errors: accept_error("fd_limit"),
+            accept_errors: accept_error("other"),
+        }
+    }
 }
 
 /// Folds recorded histogram samples into their buckets every [`UPKEEP_PERIOD`] until

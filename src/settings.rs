@@ -42,8 +42,12 @@ pub struct Settings {
     pub max_children: usize,
     /// Serve tenants without a token.
     pub allow_open_tenants: bool,
-    /// Time to receive request headers.
+    /// Time to receive request headers; also the idle limit of a connection.
     pub header_read_timeout: Duration,
+    /// Time to receive a request body once its head is in.
+    pub body_read_timeout: Duration,
+    /// Tenant-port connections at once (`--max-connections` or derived at start).
+    pub max_connections: Option<usize>,
     /// How long a broken SSE reply waits for its caller to resume before it is cancelled.
     pub resume_grace: Duration,
     /// Signed session ids (`--session-key-file`); `None`: node-local random ids.
@@ -63,6 +67,18 @@ fn seconds(flag: &'static str, value: f64) -> Result<Duration, SettingsError> {
         flag,
         reason: e.to_string(),
     })
+}
+
+/// A deadline: zero would close every connection at once.
+fn positive_seconds(flag: &'static str, value: f64) -> Result<Duration, SettingsError> {
+    let duration = seconds(flag, value)?;
+    if duration.is_zero() {
+        return Err(SettingsError {
+            flag,
+            reason: "must be greater than 0".into(),
+        });
+    }
+    Ok(duration)
 }
 
 fn positive(flag: &'static str, value: u64) -> Result<u64, SettingsError> {
@@ -151,7 +167,12 @@ impl Settings {
             shutdown_delay: seconds("shutdown-delay", args.shutdown_delay)?,
             max_children: positive("max-children", args.max_children as u64)? as usize,
             allow_open_tenants: args.allow_open_tenants,
-            header_read_timeout: seconds("header-read-timeout", args.header_read_timeout)?,
+            header_read_timeout: positive_seconds("header-read-timeout", args.header_read_timeout)?,
+            body_read_timeout: positive_seconds("body-read-timeout", args.body_read_timeout)?,
+            max_connections: args
+                .max_connections
+                .map(|n| positive("max-connections", n as u64).map(|n| n as usize))
+                .transpose()?,
             resume_grace: seconds("resume-grace", args.resume_grace)?,
             session_tokens: session_tokens(args)?,
         })

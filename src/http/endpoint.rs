@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use http::{HeaderValue, Method, Response, StatusCode, header};
-use hyper::body::Incoming;
 
+use super::RequestBody;
 use super::body::Body;
 use super::error::rpc_error;
 use super::exchange::{self, Ctx, Post};
@@ -14,7 +14,7 @@ use super::{App, Observed, mcp, stateless};
 use crate::mcp::envelope::{self, INVALID_REQUEST, Kind};
 
 /// Dispatches by HTTP method.
-pub async fn handle(app: &Arc<App>, ctx: Ctx, req: http::Request<Incoming>) -> Response<Body> {
+pub async fn handle(app: &Arc<App>, ctx: Ctx, req: http::Request<RequestBody>) -> Response<Body> {
     match *req.method() {
         Method::POST => post(app, ctx, req).await,
         Method::GET => mcp::get(app, ctx, req.headers()).await,
@@ -33,7 +33,7 @@ pub async fn handle(app: &Arc<App>, ctx: Ctx, req: http::Request<Incoming>) -> R
     }
 }
 
-async fn post(app: &Arc<App>, ctx: Ctx, req: http::Request<Incoming>) -> Response<Body> {
+async fn post(app: &Arc<App>, ctx: Ctx, req: http::Request<RequestBody>) -> Response<Body> {
     let (accept, headers, body) = match exchange::read_post(app, req).await {
         Ok(read) => read,
         Err(response) => return response,

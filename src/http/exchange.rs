@@ -16,12 +16,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::App;
+use super::RequestBody;
 use super::body::{Body, SseBody};
 use super::error::{ApiError, json_response, rpc_error};
 use crate::clients::ClientSpec;
@@ -135,7 +135,7 @@ pub(super) trait Sink: Send + 'static {
 /// Reads the `Accept`, `Content-Type` and body of a POST; the body comes back on one line.
 pub(super) async fn read_post(
     app: &App,
-    req: http::Request<Incoming>,
+    req: http::Request<RequestBody>,
 ) -> Result<(Accept, HeaderMap, Bytes), Response<Body>> {
     let accept = accept(req.headers());
     if !accept.json && !accept.sse {
@@ -210,7 +210,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 async fn read_body(
     headers: &HeaderMap,
-    body: Incoming,
+    body: RequestBody,
     limit: usize,
 ) -> Result<Bytes, Response<Body>> {
     let too_large = || {

@@ -37,12 +37,20 @@ pub struct Envelope<'a> {
     pub params: Option<&'a RawValue>,
 }
 
+/// Deepest nesting accepted in a message, which is itself level 1 (DESIGN §7). The
+/// relay skips over `params` and `result` without descending, so without this check a
+/// deeper message would reach the child, whose parser may drop it without a word.
+pub const MAX_DEPTH: usize = 128;
+
 /// Why bytes are not one JSON-RPC message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnvelopeError {
     /// Not JSON at all (JSON-RPC -32700).
     #[error("parse error: {0}")]
     Parse(String),
+    /// Nested deeper than [`MAX_DEPTH`] (JSON-RPC -32700, as parsers that refuse it say).
+    #[error("parse error: nested deeper than {MAX_DEPTH} levels")]
+    TooDeep,
     /// A JSON array: batches are not accepted (2025-06-18 and later forbid them).
     #[error("invalid request: batches (JSON arrays) are not supported")]
     Batch,
@@ -55,7 +63,7 @@ impl EnvelopeError {
     /// The JSON-RPC error code for this failure.
     pub fn code(&self) -> i64 {
         match self {
-            Self::Parse(_) => PARSE_ERROR,
+            Self::Parse(_) | Self::TooDeep => PARSE_ERROR,
             Self::Batch | Self::Invalid(_) => INVALID_REQUEST,
         }
     }
@@ -83,8 +91,10 @@ struct Wire<'a> {
     method: Option<Cow<'a, str>>,
     #[serde(borrow)]
     params: Option<&'a RawValue>,
-    #[serde(borrow)]
-    result: Option<&'a RawValue>,
+    /// `Some(None)` is an explicit `null`: a valid result (JSON-RPC leaves its value to
+    /// the method), so it must not read as absent.
+    #[serde(borrow, default, deserialize_with = "nullable")]
+    result: Option<Option<&'a RawValue>>,
     #[serde(borrow)]
     error: Option<&'a RawValue>,
 }
@@ -95,8 +105,18 @@ fn nullable<'de, D: serde::Deserializer<'de>>(
     Option::<&'de RawValue>::deserialize(d).map(Some)
 }
 
-/// Reads one message's envelope; `bytes` must hold exactly one JSON object.
+/// Reads one message's envelope; `bytes` must hold exactly one JSON object nested no
+/// deeper than [`MAX_DEPTH`].
 pub fn parse(bytes: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
+    if exceeds_depth(bytes, MAX_DEPTH) {
+        return Err(EnvelopeError::TooDeep);
+    }
+    parse_any_depth(bytes)
+}
+
+/// As [`parse`], at any depth: for reading the id of a message already refused as too
+/// deep, so the request it answers can be failed.
+pub fn parse_any_depth(bytes: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
     if first_non_space(bytes) == Some(b'[') {
         // Tell a batch apart from garbage that merely starts with '['.
         return match serde_json::from_slice::<&RawValue>(bytes) {
@@ -140,6 +160,46 @@ pub fn parse(bytes: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
         method: wire.method,
         params: wire.params,
     })
+}
+
+/// Whether `bytes` nests arrays and objects more than `max` levels deep. Brackets inside
+/// strings do not count. Invalid JSON is answered as well as it can be; the parser that
+/// follows rejects it anyway.
+pub fn exceeds_depth(bytes: &[u8], max: usize) -> bool {
+    // Fewer opening brackets than the limit, strings included, cannot nest deeper: one
+    // vectorisable pass settles nearly every message.
+    let opening = bytes.iter().filter(|&&b| b == b'{' || b == b'[').count();
+    if opening <= max {
+        return false;
+    }
+    let mut depth = 0usize;
+    let mut rest = bytes;
+    while let Some((&b, tail)) = rest.split_first() {
+        rest = tail;
+        match b {
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b'"' => rest = after_string(rest),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// `rest` after the string whose opening quote was just consumed.
+fn after_string(mut rest: &[u8]) -> &[u8] {
+    loop {
+        match rest.iter().position(|&b| b == b'"' || b == b'\\') {
+            None => return &[],
+            Some(at) if rest[at] == b'"' => return &rest[at + 1..],
+            Some(at) => rest = rest.get(at + 2..).unwrap_or_default(),
+        }
+    }
 }
 
 fn first_non_space(bytes: &[u8]) -> Option<u8> {
@@ -313,6 +373,8 @@ mod tests {
                 Kind::Notification,
             ),
             (r#"{"jsonrpc":"2.0","id":7,"result":{}}"#, Kind::Result),
+            // Found by the property tests: a null result is still a result.
+            (r#"{"jsonrpc":"2.0","id":7,"result":null}"#, Kind::Result),
             (
                 r#"{"jsonrpc":"2.0","id":7,"error":{"code":1,"message":"m"}}"#,
                 Kind::Error,
@@ -377,6 +439,35 @@ mod tests {
                 .unwrap_or_else(|| panic!("{text} parsed"));
             assert_eq!(err.code(), *code, "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn depth_counts_brackets_outside_strings_only() {
+        let cases: &[(&str, usize, bool)] = &[
+            (r#"{"a":1}"#, 1, false),
+            (r#"{"a":[1]}"#, 1, true),
+            (r#"{"a":[1]}"#, 2, false),
+            // Brackets in strings, escaped quotes and backslashes do not nest.
+            (r#"{"a":"[[[{{{","b":"\"[[","c":"\\"}"#, 1, false),
+            (r#"{"a":"\\\\","b":[[]]}"#, 2, true),
+            (r#"[[[]],[[]]]"#, 3, false),
+            (r#"[[[[]]]]"#, 3, true),
+        ];
+        for (text, max, deeper) in cases {
+            assert_eq!(
+                exceeds_depth(text.as_bytes(), *max),
+                *deeper,
+                "{text} vs {max}"
+            );
+        }
+        let at_limit = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert!(!exceeds_depth(at_limit.as_bytes(), MAX_DEPTH));
+        let over = format!("[{at_limit}]");
+        assert!(exceeds_depth(over.as_bytes(), MAX_DEPTH));
+        let msg = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"m","params":{at_limit}}}"#);
+        assert_eq!(parse(msg.as_bytes()).err(), Some(EnvelopeError::TooDeep));
+        let env = parse_any_depth(msg.as_bytes()).unwrap();
+        assert_eq!(env.id.map(RawValue::get), Some("1"));
     }
 
     #[test]

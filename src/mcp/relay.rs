@@ -21,7 +21,10 @@ use tracing::{debug, warn};
 
 use super::call::{Call, CallEvent, InflightGuard, input_owner};
 use super::caps::ClientCaps;
-use super::envelope::{self, Envelope, INTERNAL_ERROR, Kind, METHOD_NOT_FOUND, span_of, splice};
+use super::envelope::{
+    self, Envelope, EnvelopeError, INTERNAL_ERROR, Kind, MAX_DEPTH, METHOD_NOT_FOUND, span_of,
+    splice,
+};
 use super::exit;
 use super::interest::{self, Level, Told};
 use super::reverse::ReverseRequests;
@@ -485,6 +488,7 @@ impl Relay {
     fn on_line(&self, line: Bytes) {
         let env = match envelope::parse(&line) {
             Ok(env) => env,
+            Err(EnvelopeError::TooDeep) => return self.on_too_deep(&line),
             Err(e) => {
                 warn!(client_id = %self.client_id, error = %e, "child wrote an invalid message; dropped");
                 return;
@@ -495,6 +499,27 @@ impl Relay {
             Kind::Notification => self.on_notification(&line, &env),
             Kind::Request => self.on_child_request(&line, &env),
         }
+    }
+
+    /// A line nested deeper than callers may receive: the request it answers fails at
+    /// once, naming the cause; anything else is logged and dropped.
+    fn on_too_deep(&self, line: &[u8]) {
+        let answered = envelope::parse_any_depth(line)
+            .ok()
+            .filter(|env| matches!(env.kind, Kind::Result | Kind::Error))
+            .and_then(|env| env.id?.get().parse::<u64>().ok())
+            .and_then(|n| lock(&self.pending).remove(&n));
+        let Some(entry) = answered else {
+            warn!(client_id = %self.client_id, bytes = line.len(), "child wrote a message nested deeper than {MAX_DEPTH} levels; dropped");
+            return;
+        };
+        warn!(client_id = %self.client_id, "child answered with a message nested deeper than {MAX_DEPTH} levels; the request fails");
+        let message = format!(
+            "the child's response is nested deeper than {MAX_DEPTH} levels; mcpmux does not relay it"
+        );
+        let id = String::from_utf8_lossy(&entry.orig_id);
+        let error = envelope::error_response(&id, INTERNAL_ERROR, &message, None);
+        let _ = entry.done.send(error.into()); // the caller may have gone; nothing to do
     }
 
     fn on_response(&self, line: &[u8], env: &Envelope<'_>) {

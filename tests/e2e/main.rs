@@ -11,6 +11,7 @@
 mod util;
 
 mod admin;
+mod edge;
 mod fidelity;
 mod http_errors;
 mod interop;
