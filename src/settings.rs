@@ -127,7 +127,19 @@ impl Settings {
         let exe_dir = std::env::current_exe()
             .ok()
             .and_then(|exe| exe.parent().map(Path::to_path_buf));
-        let protected = [clients_dir.as_path(), state_dir.as_path()];
+        // The key file signs every session id: no child may read it (issue: sandbox policy
+        // never grants the daemon's own configuration).
+        let key_file = match &args.session_key_file {
+            Some(path) => Some(std::path::absolute(path).map_err(|e| SettingsError {
+                flag: "session-key-file",
+                reason: format!("{}: {e}", path.display()),
+            })?),
+            None => None,
+        };
+        let protected: Vec<&Path> = [clients_dir.as_path(), state_dir.as_path()]
+            .into_iter()
+            .chain(key_file.as_deref())
+            .collect();
         let sandbox =
             SandboxSettings::decide(mode, landlock, &protected, exe_dir).map_err(|reason| {
                 SettingsError {

@@ -390,3 +390,32 @@ async fn server_everything_through_npx_downloads_into_its_own_home_under_the_san
     let npm = clients.tenant_state("everything").join(".npm");
     assert!(npm.is_dir(), "npm's cache is in the tenant's own HOME");
 }
+
+#[tokio::test]
+async fn a_child_cannot_read_the_session_key_file_even_inside_a_granted_tree() {
+    let clients = TempClients::new();
+    let root = clients.root().canonicalize().unwrap();
+    std::fs::create_dir(root.join("shared")).unwrap();
+    let key = root.join("shared/session.key");
+    std::fs::write(&key, format!("{}\n", "ab".repeat(32))).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(root.join("shared/readable.txt"), "shared\n").unwrap();
+    let mut alpha = probe_spec();
+    alpha["sandbox"] = json!({"read": [s(&root.join("shared"))]});
+    clients.write("alpha", &alpha);
+    let daemon = Daemon::start(&clients, &["--session-key-file", s(&key)]).await;
+
+    let session = initialize(&daemon, "alpha").await;
+    let attempts = json!([
+        op("read", &key),
+        op("read", &root.join("shared/readable.txt")),
+    ]);
+    let got = probe(&daemon, "alpha", &session, attempts).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].1, EACCES, "the key file is denied: {}", got[0].0);
+    assert_eq!(
+        got[1].1, 0,
+        "its sibling in the granted tree is readable: {}",
+        got[1].0
+    );
+}
