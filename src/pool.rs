@@ -24,6 +24,7 @@ use crate::clients::{ClientId, ClientSpec, Diff, Limits, Registry};
 use crate::mcp::caps;
 use crate::mcp::control;
 use crate::mcp::relay::{InitError, Relay};
+use crate::mcp::rounds::Rounds;
 use crate::mcp::session::Sessions;
 use crate::settings::Settings;
 use crate::sync::lock;
@@ -162,6 +163,8 @@ pub struct Tenant {
     slot: Mutex<Slot>,
     start: tokio::sync::Mutex<()>,
     init: Mutex<Option<InitCache>>,
+    /// Its stateless calls parked between `input_required` rounds.
+    pub rounds: Arc<Rounds>,
 }
 
 /// All tenants with runtime state.
@@ -203,6 +206,7 @@ impl Pool {
                 slot: Mutex::default(),
                 start: tokio::sync::Mutex::new(()),
                 init: Mutex::new(None),
+                rounds: Rounds::new(id.as_str(), self.settings.request_timeout),
             })
         });
         Some((tenant.clone(), spec))

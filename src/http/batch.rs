@@ -21,6 +21,7 @@ use crate::mcp::batch::{self, BatchError, Element};
 use crate::mcp::call::CallEvent;
 use crate::mcp::control;
 use crate::mcp::envelope::{self, Envelope, INTERNAL_ERROR, Kind};
+use crate::mcp::relay::CallFor;
 use crate::mcp::session::Session;
 
 /// Answers a POST whose body is a JSON array.
@@ -101,7 +102,14 @@ async fn request(
         return reply;
     }
     let mut call = match relay
-        .call(message, env, Some(session.id.clone()), false)
+        .call(
+            message,
+            env,
+            CallFor {
+                session: Some(session.id.clone()),
+                ..CallFor::default()
+            },
+        )
         .await
     {
         Ok(call) => call,

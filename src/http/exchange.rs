@@ -26,9 +26,12 @@ use super::body::{Body, SseBody};
 use super::error::{ApiError, json_response, rpc_error};
 use crate::clients::ClientSpec;
 use crate::mcp::call::{Call, CallEvent};
+use crate::mcp::caps::ClientCaps;
+use crate::mcp::control;
 use crate::mcp::envelope::{self, Envelope, INTERNAL_ERROR, INVALID_REQUEST, Kind};
 use crate::mcp::exit;
-use crate::mcp::relay::{Relay, SendError};
+use crate::mcp::interest::Level;
+use crate::mcp::relay::{CallFor, Relay, SendError};
 use crate::pool::{StartError, Tenant};
 
 /// Messages queued on a non-resumable SSE reply before progress is dropped.
@@ -76,6 +79,20 @@ impl Post<'_> {
 pub(super) trait Era: Send + Sync {
     /// The caller that owns the call at the relay (its session), if any.
     fn owner(&self) -> Option<Arc<str>>;
+    /// What the caller can be asked in `input_required` rounds (stateless callers only).
+    fn asks(&self) -> Option<ClientCaps> {
+        None
+    }
+    /// The least severe child log message the caller wants on its reply (stateless
+    /// callers that opted in only).
+    fn log_level(&self) -> Option<Level> {
+        None
+    }
+    /// A child's request arrived before anything was sent: the reply that asks the caller
+    /// in an `input_required` round (the era keeps the call), or the call back to go on.
+    fn child_request(&self, call: Call, _request: Bytes) -> Result<Bytes, Call> {
+        Err(call)
+    }
     /// `initialize` params for a tenant whose child was never initialized.
     fn first_params(&self) -> Option<&str>;
     /// A reply mcpmux gives itself instead of relaying; `None` relays.
@@ -101,6 +118,16 @@ pub(super) trait Sink: Send + 'static {
     /// A message that must not be lost (a child's request, the final response), waiting
     /// for room at most `timeout`; false when the reader is gone.
     fn deliver(&mut self, message: Bytes, timeout: Duration) -> impl Future<Output = bool> + Send;
+    /// A child's request: delivered like any message that must not be lost, and the call
+    /// goes on; `None` when the reply ends here (the caller left, or the sink kept the call).
+    fn child_request(
+        &mut self,
+        call: Call,
+        request: Bytes,
+        timeout: Duration,
+    ) -> impl Future<Output = Option<Call>> + Send {
+        async move { self.deliver(request, timeout).await.then_some(call) }
+    }
     /// The reply is complete (with or without a response).
     fn end(&mut self);
 }
@@ -280,10 +307,19 @@ impl<E: Era + Sync> Handing for ToChild<'_, E> {
         if let Some(reply) = self.era.local(relay, post).await {
             return Ok(Sent::Local(reply));
         }
-        let owner = self.era.owner();
-        let call = relay
-            .call(post.body, post.env, owner, post.accept.sse)
-            .await?;
+        let to = CallFor {
+            session: self.era.owner(),
+            streams: post.accept.sse,
+            asks: self.era.asks(),
+            log_level: self.era.log_level(),
+        };
+        // The child must be verbose enough before the request reaches it.
+        let level = match to.log_level {
+            Some(level) => Some(control::hold_level(relay, level).await),
+            None => None,
+        };
+        let mut call = relay.call(post.body, post.env, to).await?;
+        call.hold(level);
         Ok(Sent::Call(call))
     }
 }
@@ -306,7 +342,7 @@ async fn hand_off<H: Handing>(
 }
 
 /// Answers with JSON if the first thing the child sends is the response; else streams.
-async fn respond(
+pub(super) async fn respond(
     mut call: Call,
     era: impl Era,
     accept: Accept,
@@ -315,6 +351,12 @@ async fn respond(
     loop {
         match call.next(timeout).await {
             CallEvent::Final(message) => return era.answer(message, accept),
+            CallEvent::Related(message) if era.asks().is_some() && is_request(&message) => {
+                match era.child_request(call, message) {
+                    Ok(reply) => return era.answer(reply, accept),
+                    Err(back) => call = back,
+                }
+            }
             CallEvent::Related(_) if !accept.sse => continue, // JSON-only caller: nowhere to put it
             CallEvent::Related(first) => return era.stream(call, first, timeout),
             CallEvent::Cancelled => return cancelled(&call, accept),
@@ -346,8 +388,9 @@ pub(super) async fn pump(
         match event {
             // The child waits for an answer to its own request: wait for room, never drop it.
             CallEvent::Related(message) if is_request(&message) => {
-                if !sink.deliver(message, timeout).await {
-                    return; // the caller went away
+                match sink.child_request(call, message, timeout).await {
+                    Some(back) => call = back,
+                    None => return, // the caller went away, or the sink kept the call
                 }
             }
             CallEvent::Related(message) => sink.offer(message),
@@ -365,9 +408,14 @@ pub(super) async fn pump(
     }
 }
 
+/// Turns a child's request on a call into the `input_required` reply that ends the call's
+/// reply, keeping the call; gives the call back when it cannot.
+pub(super) type Parker = Box<dyn Fn(Call, Bytes) -> Result<Bytes, Call> + Send + Sync>;
+
 /// A reply that is not resumable: an SSE stream of bare messages.
 struct Plain {
     tx: mpsc::Sender<Bytes>,
+    park: Option<Parker>,
 }
 
 impl Sink for Plain {
@@ -387,21 +435,41 @@ impl Sink for Plain {
         self.tx.send(message).await.is_ok()
     }
 
+    async fn child_request(
+        &mut self,
+        call: Call,
+        request: Bytes,
+        timeout: Duration,
+    ) -> Option<Call> {
+        let Some(park) = &self.park else {
+            return self.deliver(request, timeout).await.then_some(call);
+        };
+        match park(call, request) {
+            Ok(reply) => {
+                let _ = self.tx.send(reply).await; // a gone caller can still retry
+                None
+            }
+            Err(call) => Some(call),
+        }
+    }
+
     fn end(&mut self) {}
 }
 
 /// A non-resumable SSE reply: `first`, then the rest of `call` (final reply through
-/// `finish`). Dropping the body (caller gone) cancels the call at the child.
+/// `finish`; a child's request through `park`, when given). Dropping the body (caller
+/// gone) cancels the call at the child.
 pub(super) fn stream_plain(
     call: Call,
     first: Bytes,
     timeout: Duration,
     finish: impl FnOnce(Bytes) -> Bytes + Send + 'static,
+    park: Option<Parker>,
 ) -> Response<Body> {
     let (tx, rx) = mpsc::channel(REPLY_QUEUE);
     let _ = tx.try_send(first); // fresh channel with room: cannot fail
     // Owned by the response body: ends at the final message, or when the body is dropped.
-    tokio::spawn(pump(call, Plain { tx }, timeout, finish));
+    tokio::spawn(pump(call, Plain { tx, park }, timeout, finish));
     sse_response(SseBody::new(rx, None, Box::new(())))
 }
 

@@ -8,20 +8,32 @@
 //! never resumable (the era has no `Last-Event-ID`), and closing one cancels the request
 //! at the child. The MCP rules themselves live in [`crate::mcp::stateless`].
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::body::Body;
+use super::body::SseBody;
 use super::error::{empty, json_response};
-use super::exchange::{self, Accept, Era, Post, single, start_failed};
+use super::exchange::{self, Accept, Era, Parker, Post, single, sse_response, start_failed};
 use super::mcp::{SESSION_HEADER, VERSION_HEADER};
 use crate::mcp::call::Call;
-use crate::mcp::envelope::{self, Kind, METHOD_NOT_FOUND};
+use crate::mcp::caps::ClientCaps;
+use crate::mcp::control;
+use crate::mcp::envelope::{
+    self, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, Kind, METHOD_NOT_FOUND,
+};
+use crate::mcp::interest::Level;
+use crate::mcp::listen;
 use crate::mcp::relay::Relay;
+use crate::mcp::rounds::{self, Rounds};
+use crate::mcp::session::Listening;
 use crate::mcp::stateless::{self as rules, Admitted, Header, Headers, Rejection, RequestMeta};
 
 /// The method header of 2026-07-28.
@@ -61,17 +73,97 @@ pub(super) async fn serve(post: &Post<'_>, meta: &RequestMeta<'_>) -> Response<B
     if let Some(why) = rules::not_in_this_era(method) {
         return not_found(post.id(), &why);
     }
+    let log_level = match rules::log_level(meta) {
+        Ok(level) => level,
+        Err(why) => return invalid(post.id(), &why),
+    };
     // The child was perhaps never initialized: then mcpmux does it, for this caller.
     let init_params = rules::init_params(&admitted);
     if method == "server/discover" {
         return discover(post, &init_params).await;
     }
+    if method == "subscriptions/listen" {
+        return listen(post, &init_params).await;
+    }
     log_admitted(post, &admitted);
     let era = StatelessEra {
         method: method.to_owned(),
         init_params,
+        asks: rules::asks(method, &admitted),
+        log_level,
+        rounds: post.ctx.tenant.rounds.clone(),
+        digest: rounds::request_digest(method, post.env.params),
     };
-    exchange::relay(post, era).await
+    let fields = rounds::round_fields(post.env.params);
+    match fields.request_state {
+        Some(state) if era.asks.is_some() => retry(post, era, state, fields.input_responses).await,
+        _ => exchange::relay(post, era).await,
+    }
+}
+
+/// A retry of an `input_required` round: the parked call resumes, the caller's answer goes
+/// to the child, and this reply carries what the call does next.
+async fn retry(
+    post: &Post<'_>,
+    era: StatelessEra,
+    state: &RawValue,
+    responses: Option<&RawValue>,
+) -> Response<Body> {
+    let Ok(state) = serde_json::from_str::<Cow<'_, str>>(state.get()) else {
+        return invalid(post.id(), "requestState must be a string");
+    };
+    let mut resumed = match era.rounds.resume(&state, &era.digest) {
+        Ok(resumed) => resumed,
+        Err(e) => return invalid(post.id(), &e.to_string()),
+    };
+    let id = Bytes::copy_from_slice(post.id().as_bytes());
+    let token = envelope::progress_token(post.env.params);
+    let token = token.map(|t| Bytes::copy_from_slice(t.get().as_bytes()));
+    resumed.call.resume(id, token);
+    let Some(answer) = rounds::response_for(responses, &resumed.key) else {
+        // Asked, not answered: ask again rather than fail (SEP-2322 error handling).
+        return match era.rounds.ask_again(resumed) {
+            Ok(reply) => era.answer(reply, post.accept),
+            Err(call) => refused(call, "too many calls wait for input"),
+        };
+    };
+    let (relay, owner) = (resumed.call.relay().clone(), resumed.call.input_owner());
+    if !relay.answer_input(&owner, &resumed.key, answer).await {
+        debug!(client_id = %post.ctx.tenant.id, key = %resumed.key, "input response for a request the child no longer waits for");
+    }
+    let timeout = post.app.settings.request_timeout;
+    exchange::respond(resumed.call, era, post.accept, timeout).await
+}
+
+/// 400 with "invalid params", under the request's id.
+fn invalid(id: &str, why: &str) -> Response<Body> {
+    let message = envelope::error_response(id, INVALID_PARAMS, why, None);
+    json_response(StatusCode::BAD_REQUEST, message.into())
+}
+
+/// The error for a call that cannot go on (dropping it cancels it at the child).
+fn refused(call: Call, why: &str) -> Response<Body> {
+    let id = String::from_utf8_lossy(call.orig_id()).into_owned();
+    let message = envelope::error_response(&id, INTERNAL_ERROR, why, None);
+    json_response(StatusCode::OK, message.into())
+}
+
+/// Parks `call` on the child's `request` and gives the `input_required` reply, or, when it
+/// cannot, refuses the child's request at once and gives the call back.
+fn park(rounds: &Arc<Rounds>, digest: [u8; 32], call: Call, request: Bytes) -> Result<Bytes, Call> {
+    match rounds.park(call, &request, digest) {
+        Ok(reply) => Ok(reply),
+        Err(call) => {
+            let key = envelope::parse(&request)
+                .ok()
+                .and_then(|env| env.id.map(|id| id.get().to_owned()));
+            if let Some(key) = key {
+                let why = "mcpmux cannot ask the caller now";
+                call.relay().refuse_input(&call.input_owner(), &key, why);
+            }
+            Err(call)
+        }
+    }
 }
 
 /// One routing header; repeated or non-ASCII values can match nothing.
@@ -94,6 +186,13 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Header<'h> {
 struct StatelessEra {
     method: String,
     init_params: String,
+    /// What the caller declared it can be asked (for the methods that allow rounds).
+    asks: Option<ClientCaps>,
+    /// The least severe child log message the caller wants on its reply.
+    log_level: Option<Level>,
+    rounds: Arc<Rounds>,
+    /// Of the request's method and params, binding its `requestState`s to it.
+    digest: [u8; 32],
 }
 
 impl Era for StatelessEra {
@@ -103,6 +202,18 @@ impl Era for StatelessEra {
 
     fn first_params(&self) -> Option<&str> {
         Some(&self.init_params)
+    }
+
+    fn asks(&self) -> Option<ClientCaps> {
+        self.asks
+    }
+
+    fn log_level(&self) -> Option<Level> {
+        self.log_level
+    }
+
+    fn child_request(&self, call: Call, request: Bytes) -> Result<Bytes, Call> {
+        park(&self.rounds, self.digest, call, request)
     }
 
     fn local<'a>(
@@ -126,10 +237,13 @@ impl Era for StatelessEra {
     /// Progress, then the final reply, as SSE. Closing the stream is cancellation in this
     /// era: dropping the call tells the child `notifications/cancelled`.
     fn stream(self, call: Call, first: Bytes, timeout: Duration) -> Response<Body> {
+        let (rounds, digest) = (self.rounds, self.digest);
+        let parker: Option<Parker> = self.asks.map(|_| -> Parker {
+            Box::new(move |call, request| park(&rounds, digest, call, request))
+        });
         let method = self.method;
-        exchange::stream_plain(call, first, timeout, move |reply| {
-            rules::complete_reply(&method, reply)
-        })
+        let finish = move |reply| rules::complete_reply(&method, reply);
+        exchange::stream_plain(call, first, timeout, finish, parker)
     }
 }
 
@@ -157,6 +271,52 @@ fn refuse(id: &str, rejection: &Rejection) -> Response<Body> {
 fn not_found(id: &str, why: &str) -> Response<Body> {
     let message = envelope::error_response(id, METHOD_NOT_FOUND, why, None);
     json_response(StatusCode::NOT_FOUND, message.into())
+}
+
+/// `subscriptions/listen`: the acknowledgment with the honored filter, then the child's
+/// change notifications the caller asked for, tagged, until the caller closes the stream;
+/// on shutdown or the tenant's removal the stream ends with the listen request's response.
+async fn listen(post: &Post<'_>, init_params: &str) -> Response<Body> {
+    if !post.accept.sse {
+        let msg = "subscriptions/listen answers with a stream: Accept must allow text/event-stream";
+        let message = envelope::error_response(post.id(), INVALID_REQUEST, msg, None);
+        return json_response(StatusCode::NOT_ACCEPTABLE, message.into());
+    }
+    let (pool, ctx) = (&post.app.pool, post.ctx);
+    let (relay, cache) = match pool.relay(&ctx.tenant, &ctx.spec, Some(init_params)).await {
+        Ok(ready) => ready,
+        Err(e) => return start_failed(post.id(), e),
+    };
+    let can_subscribe = listen::child_can_subscribe(&cache.result);
+    let honored = match listen::honor(post.env.params, can_subscribe) {
+        Ok(honored) => honored,
+        Err(why) => return invalid(post.id(), &why),
+    };
+    let id = Bytes::copy_from_slice(post.id().as_bytes());
+    let listening = ctx.tenant.sessions.listen(honored.clone(), &id);
+    control::listen_to(&relay, &listening.key, honored.uris()).await;
+    let (tx, body) = mpsc::channel(listen::LISTEN_QUEUE);
+    let _ = tx.try_send(listen::acknowledged(&id, &honored)); // fresh channel with room
+    let shutdown = post.app.shutdown.clone();
+    let Listening { mut rx, guard, .. } = listening;
+    // Owned by the response body: ends when the caller closes it, or (gracefully) on
+    // shutdown or when the tenant goes; the guard then unsubscribes.
+    tokio::spawn(async move {
+        let _guard = guard;
+        loop {
+            let message = tokio::select! {
+                () = shutdown.cancelled() => None,
+                () = tx.closed() => return,
+                message = rx.recv() => message,
+            };
+            let Some(message) = message else { break };
+            if tx.send(message).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(listen::ended(&id)).await;
+    });
+    sse_response(SseBody::new(body, None, Box::new(())))
 }
 
 /// `server/discover`, answered from the child's cached `initialize` result.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::envelope::{self, INTERNAL_ERROR};
+use super::envelope::{self, INTERNAL_ERROR, span_of, splice};
 use super::relay::{REQUEST_TIMEOUT, Relay};
 
 /// What a pending call yields.
@@ -33,7 +33,11 @@ pub struct Call {
     done: oneshot::Receiver<Bytes>,
     finished: bool,
     cancellable: bool,
+    /// Resumed by a retry of an `input_required` round (see [`Call::resume`]).
+    resumed: bool,
     _guard: InflightGuard,
+    /// Whatever must live exactly as long as the call (a log-level wish).
+    held: Option<Box<dyn Send + Sync>>,
 }
 
 impl Call {
@@ -53,7 +57,9 @@ impl Call {
             done,
             finished: false,
             cancellable: true,
+            resumed: false,
             _guard: guard,
+            held: None,
         }
     }
 
@@ -73,7 +79,7 @@ impl Call {
             done = &mut self.done => {
                 self.finished = true;
                 match done {
-                    Ok(bytes) => CallEvent::Final(bytes),
+                    Ok(bytes) => CallEvent::Final(self.labelled(bytes)),
                     // Only `cancel_for_caller` drops a pending entry without answering it.
                     Err(_) => CallEvent::Cancelled,
                 }
@@ -87,6 +93,24 @@ impl Call {
         }
     }
 
+    /// A resumed call's response may have been labelled for an earlier round's caller
+    /// while it waited between rounds: it goes out under the current caller's id.
+    fn labelled(&self, reply: Bytes) -> Bytes {
+        if !self.resumed {
+            return reply;
+        }
+        let Some(id) = envelope::parse(&reply).ok().and_then(|env| env.id) else {
+            return reply;
+        };
+        if id.get().as_bytes() == &self.orig_id[..] {
+            return reply;
+        }
+        match span_of(&reply, id.get()) {
+            Some(span) => splice(&reply, &mut [(span, &self.orig_id[..])]).into(),
+            None => reply,
+        }
+    }
+
     fn failure(&self, code: i64, message: &str) -> CallEvent {
         let id = String::from_utf8_lossy(self.orig_id()).into_owned();
         CallEvent::Final(envelope::error_response(&id, code, message, None).into())
@@ -96,6 +120,46 @@ impl Call {
     pub fn orig_id(&self) -> &[u8] {
         &self.orig_id
     }
+
+    /// Keeps `value` alive as long as the call.
+    pub fn hold<T: Send + Sync + 'static>(&mut self, value: Option<T>) {
+        self.held = value.map(|v| Box::new(v) as Box<dyn Send + Sync>);
+    }
+
+    /// The relay the call runs on.
+    pub fn relay(&self) -> &Arc<Relay> {
+        &self.relay
+    }
+
+    /// A related message already queued, without waiting.
+    pub fn try_next(&mut self) -> Option<CallEvent> {
+        self.related.try_recv().ok().map(CallEvent::Related)
+    }
+
+    /// The name under which the child's requests to this (stateless) call's caller are
+    /// registered (see [`input_owner`]).
+    pub fn input_owner(&self) -> Arc<str> {
+        input_owner(self.child_id)
+    }
+
+    /// Parks the call between rounds (no reply open): its progress reaches nobody.
+    pub fn park(&mut self) {
+        self.relay.reassign(self.child_id, None);
+    }
+
+    /// Resumes a parked call for a retry: its response and progress go out under the
+    /// retry's `id` and progress token.
+    pub fn resume(&mut self, id: Bytes, token: Option<Bytes>) {
+        self.resumed = true;
+        self.orig_id = id.clone();
+        self.relay.reassign(self.child_id, Some((id, token)));
+    }
+}
+
+/// The owner of a stateless call's child requests in the relay's reverse map; never a
+/// session id (those are hex).
+pub fn input_owner(child_id: u64) -> Arc<str> {
+    Arc::from(format!("call-{child_id}"))
 }
 
 impl Drop for Call {

@@ -14,6 +14,7 @@
 //! [`interest`]: super::interest
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -237,4 +238,62 @@ pub fn spawn_reconciler(relay: Arc<Relay>) {
             }
         }
     });
+}
+
+/// A stateless request's wish for the child's log messages at `level` and above (its
+/// `_meta` log level), held while the request is in flight: the child is set to the most
+/// verbose level any caller needs, sessions and requests alike.
+pub struct LevelWish {
+    relay: Arc<Relay>,
+    key: Arc<str>,
+}
+
+/// Records the wish under a key of its own and brings the child in line before returning.
+pub async fn hold_level(relay: &Arc<Relay>, level: Level) -> LevelWish {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    // Never a session id (those are hex).
+    let key: Arc<str> = format!("log-{}", NEXT.fetch_add(1, Ordering::Relaxed)).into();
+    let sessions = relay.sessions();
+    let _serial = sessions.control().await;
+    sessions.interest().set_level(&key, Some(level));
+    sync_locked(relay).await;
+    LevelWish {
+        relay: relay.clone(),
+        key,
+    }
+}
+
+impl Drop for LevelWish {
+    fn drop(&mut self) {
+        let (relay, key) = (self.relay.clone(), self.key.clone());
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // the daemon is stopping: the child goes with it
+        };
+        // Owned by nobody: one pass under the control lock, then it ends.
+        runtime.spawn(async move {
+            let sessions = relay.sessions();
+            let _serial = sessions.control().await;
+            sessions.interest().set_level(&key, None);
+            if relay.usable() {
+                sync_locked(&relay).await;
+            }
+        });
+    }
+}
+
+/// Subscribes listener `key` to `uris` (together with the sessions' subscriptions) and
+/// brings the child in line before returning.
+pub async fn listen_to<'a>(relay: &Relay, key: &Arc<str>, uris: impl Iterator<Item = &'a String>) {
+    let sessions = relay.sessions();
+    let _serial = sessions.control().await;
+    {
+        let mut interest = sessions.interest();
+        for uri in uris {
+            // Bounded by the listen filter's own limits, which match these.
+            if let Err(e) = interest.subscribe(key, uri) {
+                debug!(uri, error = %e, "listener subscription refused");
+            }
+        }
+    }
+    sync_locked(relay).await;
 }

@@ -14,17 +14,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::json;
+use serde_json::value::RawValue;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::call::{Call, CallEvent, InflightGuard};
+use super::call::{Call, CallEvent, InflightGuard, input_owner};
+use super::caps::ClientCaps;
 use super::envelope::{
     self, Envelope, EnvelopeError, INTERNAL_ERROR, Kind, MAX_DEPTH, METHOD_NOT_FOUND, span_of,
     splice,
 };
 use super::exit;
-use super::interest::{self, Told};
+use super::interest::{self, Level, Told};
 use super::reverse::ReverseRequests;
 use super::session::{Session, Sessions};
 use super::tasks::{Reply, STATELESS_OWNER, TaskError};
@@ -50,10 +52,53 @@ struct Pending {
     /// Whether the caller's reply can carry messages before the response (it accepts SSE):
     /// only such a reply may be offered the child's own requests.
     streams: bool,
+    /// For a stateless caller: what it can be asked through `input_required` rounds.
+    asks: Option<ClientCaps>,
+    /// For a stateless caller that opted in: the least severe log message it wants.
+    log_level: Option<Level>,
+    /// When the request was handed to the child, in the order requests were.
+    reached: u64,
     related: mpsc::Sender<Bytes>,
     done: oneshot::Sender<Bytes>,
     /// How the response is rewritten for the caller (task ids).
     reply: Reply,
+}
+
+/// Whom a caller's request is for, and what its reply can carry.
+#[derive(Debug, Default, Clone)]
+pub struct CallFor {
+    /// The caller's session, if it has one.
+    pub session: Option<Arc<str>>,
+    /// Whether its reply can carry messages before the response (it accepts SSE).
+    pub streams: bool,
+    /// For a stateless caller: what it can be asked in `input_required` rounds.
+    pub asks: Option<ClientCaps>,
+    /// For a stateless caller that opted in: the least severe log message it wants.
+    pub log_level: Option<Level>,
+}
+
+/// Who a request is for, as the pending map keeps it.
+struct Caller {
+    orig_id: Bytes,
+    orig_token: Option<Bytes>,
+    session: Option<Arc<str>>,
+    streams: bool,
+    asks: Option<ClientCaps>,
+    log_level: Option<Level>,
+}
+
+impl Caller {
+    /// mcpmux itself (its `initialize`): no session, nothing to route to it.
+    fn own() -> Self {
+        Self {
+            orig_id: Bytes::from_static(b"0"),
+            orig_token: None,
+            session: None,
+            streams: false,
+            asks: None,
+            log_level: None,
+        }
+    }
 }
 
 /// One running child and everything in flight on it.
@@ -64,6 +109,8 @@ pub struct Relay {
     limits: Limits,
     started: Instant,
     next_id: AtomicU64,
+    /// Counts requests as they reach the child (see [`Pending::reached`]).
+    reached: AtomicU64,
     pending: Mutex<HashMap<u64, Pending>>,
     alive: AtomicBool,
     retiring: AtomicBool,
@@ -128,6 +175,7 @@ impl Relay {
             limits,
             started: now,
             next_id: AtomicU64::new(1),
+            reached: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             alive: AtomicBool::new(true),
             retiring: AtomicBool::new(false),
@@ -242,14 +290,13 @@ impl Relay {
         })
     }
 
-    /// Sends a caller's request (its raw bytes and envelope) and returns the pending call;
-    /// `streams` says whether its reply can carry messages before the response (SSE).
+    /// Sends a caller's request (its raw bytes and envelope) for `to` and returns the
+    /// pending call.
     pub async fn call(
         self: &Arc<Self>,
         message: &[u8],
         env: &Envelope<'_>,
-        session: Option<Arc<str>>,
-        streams: bool,
+        to: CallFor,
     ) -> Result<Call, SendError> {
         let orig_id = env.id.map(|id| Bytes::copy_from_slice(id.get().as_bytes()));
         let orig_id = orig_id.unwrap_or_else(|| Bytes::from_static(b"null"));
@@ -268,14 +315,22 @@ impl Relay {
         let method = env.method.as_deref().unwrap_or_default();
         let reply = Reply::of(method, env.params);
         if reply.names_a_task() {
-            let owner = session.as_deref().unwrap_or(STATELESS_OWNER);
+            let owner = to.session.as_deref().unwrap_or(STATELESS_OWNER);
             line = self
                 .sessions
                 .tasks()
                 .request_to_child(owner, self.generation, &line)?;
         }
-        let sent = (child_id, Bytes::from(line), orig_id, orig_token);
-        self.send_request(sent, session, streams, reply).await
+        let caller = Caller {
+            orig_id,
+            orig_token,
+            session: to.session,
+            streams: to.streams,
+            asks: to.asks,
+            log_level: to.log_level,
+        };
+        self.send_request(child_id, Bytes::from(line), caller, reply)
+            .await
     }
 
     /// Sends `initialize` with the given raw params; returns the raw `result`.
@@ -289,12 +344,7 @@ impl Relay {
             r#"{{"jsonrpc":"2.0","id":{child_id},"method":"initialize","params":{params}}}"#
         );
         let mut call = self
-            .send_request(
-                (child_id, line.into(), Bytes::from_static(b"0"), None),
-                None,
-                false,
-                Reply::Plain,
-            )
+            .send_request(child_id, line.into(), Caller::own(), Reply::Plain)
             .await
             .map_err(|e| InitError::Failed(e.to_string()))?;
         call.uncancellable(); // initialize must never be cancelled (MCP lifecycle)
@@ -350,7 +400,7 @@ impl Relay {
         env: &Envelope<'_>,
         timeout: Duration,
     ) -> Bytes {
-        let mut call = match self.call(message, env, None, false).await {
+        let mut call = match self.call(message, env, CallFor::default()).await {
             Ok(call) => call,
             Err(e) => {
                 let id = env.id.map_or("null", |id| id.get());
@@ -390,11 +440,12 @@ impl Relay {
     /// Sends `(child id, line, caller's id, caller's progress token)`.
     async fn send_request(
         self: &Arc<Self>,
-        (child_id, line, orig_id, orig_token): (u64, Bytes, Bytes, Option<Bytes>),
-        session: Option<Arc<str>>,
-        streams: bool,
+        child_id: u64,
+        line: Bytes,
+        caller: Caller,
         reply: Reply,
     ) -> Result<Call, SendError> {
+        let orig_id = caller.orig_id.clone();
         let (related_tx, related) = mpsc::channel(RELATED_QUEUE);
         let (done_tx, done) = oneshot::channel();
         let guard = InflightGuard::new(self.clone());
@@ -405,10 +456,15 @@ impl Relay {
                 return Err(SendError::Gone(self.exit_message()));
             }
             let entry = Pending {
-                orig_id: orig_id.clone(),
-                orig_token,
-                session,
-                streams,
+                orig_id: caller.orig_id,
+                orig_token: caller.orig_token,
+                session: caller.session,
+                streams: caller.streams,
+                asks: caller.asks,
+                log_level: caller.log_level,
+                // Stamped as it is queued for the child, under the lock: a request the child
+                // logged is always older than one that arrives after that.
+                reached: self.reached.fetch_add(1, Ordering::Relaxed),
                 related: related_tx,
                 done: done_tx,
                 reply,
@@ -502,15 +558,17 @@ impl Relay {
         match env.method.as_deref() {
             Some("notifications/progress") => self.on_progress(line, env),
             Some("notifications/cancelled") => self.on_child_cancelled(line, env),
-            Some("notifications/resources/updated") => {
+            Some(method @ "notifications/resources/updated") => {
                 let uri = interest::uri_of(env.params).unwrap_or_default();
                 let reached = self.sessions.notify_subscribers(&uri, line);
-                debug!(client_id = %self.client_id, uri, reached, "resource updated");
+                let listening = self.sessions.listens().notify(method, Some(&uri), line);
+                debug!(client_id = %self.client_id, uri, reached, listening, "resource updated");
             }
             Some("notifications/message") => {
                 let level = interest::level_of(env.params).and_then(|(_, level)| level);
                 let reached = self.sessions.notify_log(level, line);
-                debug!(client_id = %self.client_id, ?level, reached, "child log message");
+                let to_call = self.log_to_call(level, line);
+                debug!(client_id = %self.client_id, ?level, reached, to_call, "child log message");
             }
             Some(method @ "notifications/tasks/status") => {
                 // Only the task's owner hears about it; another child's or an unknown task's
@@ -529,9 +587,11 @@ impl Relay {
             method => {
                 // list_changed and anything unknown: every session whose revision has it,
                 // once, on its GET stream.
+                // list_changed also to the listeners that asked for that kind.
                 let method = method.unwrap_or_default();
                 let reached = self.sessions.notify_all(method, line);
-                debug!(client_id = %self.client_id, method, reached, "child notification");
+                let listening = self.sessions.listens().notify(method, None, line);
+                debug!(client_id = %self.client_id, method, reached, listening, "child notification");
             }
         }
     }
@@ -562,6 +622,8 @@ impl Relay {
         let Some(id) = env.id else { return };
         let method = env.method.as_deref().unwrap_or_default();
         let can = |s: &Session| s.caps.can_answer(method, env.params);
+        // `inputRequests` may hold only sampling, elicitation and roots requests.
+        let asks = |c: &ClientCaps| method != "ping" && c.can_answer(method, env.params);
         // A request about a task goes to the task's owner (its id rewritten), or nowhere.
         let tasks = self.sessions.tasks();
         let delivered = match tasks.related_for_caller(self.generation, line) {
@@ -569,9 +631,10 @@ impl Relay {
                 let env = envelope::parse(&out).ok();
                 let child_id = env.as_ref().and_then(|e| e.id).map(|i| i.get());
                 let only = |s: &Session| *s.id == *owner && can(s);
-                child_id.and_then(|child_id| self.forward_to_caller(&out, child_id, only))
+                let nobody = |_: &ClientCaps| false;
+                child_id.and_then(|child_id| self.forward_to_caller(&out, child_id, only, nobody))
             }
-            None => self.forward_to_caller(line, id.get(), can),
+            None => self.forward_to_caller(line, id.get(), can, asks),
         };
         if let Some(session) = delivered {
             if method == "elicitation/create"
@@ -584,7 +647,7 @@ impl Relay {
         let reply = if method == "ping" {
             format!(r#"{{"jsonrpc":"2.0","id":{},"result":{{}}}}"#, id.get()).into_bytes()
         } else {
-            let message = format!("no session of this tenant can answer {method}");
+            let message = format!("no caller of this tenant can answer {method}");
             envelope::error_response(id.get(), METHOD_NOT_FOUND, &message, None)
         };
         // Never leave the child waiting: an answer goes back at once.
@@ -593,27 +656,31 @@ impl Relay {
         }
     }
 
-    /// Sends a child request to one session that `can` answer it: on the SSE reply of a
-    /// request it has in flight if any, else on its GET stream. Returns the session that
-    /// took it; `None` when none can.
+    /// Sends a child request to one caller that can answer it: on the reply of the
+    /// request that reached the child most recently among those whose caller can take it
+    /// (a session's SSE reply whose session `can`, or a stateless call whose declared
+    /// capabilities `asks` allows, which asks in an `input_required` round), else on the GET
+    /// stream of a session that `can`. Returns the owner that took it (a session id, or the
+    /// stateless call's [`input_owner`]); `None` when none can.
+    ///
+    /// A stdio child does not say which call caused its request; "most recent" is exact
+    /// when calls reach the child one after the other, a guess when they overlap.
     fn forward_to_caller(
         &self,
         line: &[u8],
         child_id: &str,
         can: impl Fn(&Session) -> bool,
+        asks: impl Fn(&ClientCaps) -> bool,
     ) -> Option<Arc<str>> {
         let span = span_of(line, child_id)?;
-        for (session, related) in self.inflight_sessions() {
-            if !self.sessions.get(&session).is_some_and(|s| can(&s)) {
-                continue;
-            }
-            let caller_id = self.reverse.register(child_id, session.clone());
+        for (owner, related) in self.inflight_callers(&can, &asks) {
+            let caller_id = self.reverse.register(child_id, owner.clone());
             let out = Bytes::from(splice(
                 line,
                 &mut [(span.clone(), caller_id.to_string().as_bytes())],
             ));
             if related.try_send(out).is_ok() {
-                return Some(session);
+                return Some(owner);
             }
             self.reverse.forget(caller_id);
         }
@@ -646,15 +713,100 @@ impl Relay {
         asked.remove(at).map(|(_, session)| session)
     }
 
-    /// Sessions with a request in flight whose reply can carry a request (SSE), each with
-    /// that request's reply channel.
-    fn inflight_sessions(&self) -> Vec<(Arc<str>, mpsc::Sender<Bytes>)> {
-        let pending = lock(&self.pending);
-        pending
-            .values()
-            .filter(|p| p.streams)
-            .filter_map(|p| Some((p.session.clone()?, p.related.clone())))
+    /// The requests in flight whose caller can be asked, most recently reached
+    /// first, each with its owner (session, or the stateless call's [`input_owner`]) and
+    /// reply channel.
+    fn inflight_callers(
+        &self,
+        can: impl Fn(&Session) -> bool,
+        asks: impl Fn(&ClientCaps) -> bool,
+    ) -> Vec<(Arc<str>, mpsc::Sender<Bytes>)> {
+        let mut found: Vec<(u64, Arc<str>, mpsc::Sender<Bytes>)> = {
+            let pending = lock(&self.pending);
+            pending
+                .iter()
+                .filter_map(|(id, p)| match (&p.session, p.asks) {
+                    (Some(session), _) if p.streams => {
+                        Some((p.reached, session.clone(), p.related.clone()))
+                    }
+                    (None, Some(caps)) if asks(&caps) => {
+                        Some((p.reached, input_owner(*id), p.related.clone()))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        // Sessions' capabilities are looked up outside the pending lock.
+        found.retain(|(_, owner, _)| {
+            owner.starts_with("call-") || self.sessions.get(owner).is_some_and(|s| can(&s))
+        });
+        found.sort_by_key(|(reached, _, _)| std::cmp::Reverse(*reached));
+        found
+            .into_iter()
+            .map(|(_, owner, related)| (owner, related))
             .collect()
+    }
+
+    /// Puts a log message on the reply of the stateless request that opted in to it (its
+    /// `_meta` log level admits the message's level) and reached the child most recently:
+    /// a stdio child's log line names no request, so the same attribution rule as for the
+    /// child's requests. Only replies that stream (SSE) can carry it.
+    fn log_to_call(&self, level: Option<Level>, line: &Bytes) -> bool {
+        let Some(level) = level else {
+            return false; // an unknown level cannot be compared with any request's
+        };
+        let target = {
+            let pending = lock(&self.pending);
+            pending
+                .values()
+                .filter(|p| p.streams)
+                .filter(|p| p.log_level.is_some_and(|min| level >= min))
+                .max_by_key(|p| p.reached)
+                .map(|p| p.related.clone())
+        };
+        target.is_some_and(|related| related.try_send(line.clone()).is_ok())
+    }
+
+    /// Points a pending request's answers at another caller id and progress token (a
+    /// stateless retry resuming it), or, with `None`, drops its progress (parked).
+    pub(super) fn reassign(&self, child_id: u64, to: Option<(Bytes, Option<Bytes>)>) {
+        let mut pending = lock(&self.pending);
+        let Some(entry) = pending.get_mut(&child_id) else {
+            return;
+        };
+        match to {
+            Some((id, token)) => {
+                entry.orig_id = id;
+                entry.orig_token = token;
+            }
+            None => entry.orig_token = None,
+        }
+    }
+
+    /// Answers the child's request `key` (asked of `owner` in an `input_required` round)
+    /// with `result`; false when no such request waits.
+    pub async fn answer_input(&self, owner: &str, key: &str, result: &RawValue) -> bool {
+        let Some(child_id) = self.reverse.answer(owner, key) else {
+            return false;
+        };
+        let child_id = String::from_utf8_lossy(&child_id);
+        let line = format!(
+            r#"{{"jsonrpc":"2.0","id":{child_id},"result":{}}}"#,
+            result.get()
+        );
+        self.child.send(line.into()).await.is_ok()
+    }
+
+    /// Fails the child's request `key` (asked of `owner`) with a JSON-RPC error, at once.
+    pub fn refuse_input(&self, owner: &str, key: &str, why: &str) {
+        let Some(child_id) = self.reverse.answer(owner, key) else {
+            return;
+        };
+        let child_id = String::from_utf8_lossy(&child_id);
+        let reply = envelope::error_response(&child_id, INTERNAL_ERROR, why, None);
+        if self.child.try_send(reply.into()).is_err() {
+            debug!(client_id = %self.client_id, "could not refuse the child's request: input queue full");
+        }
     }
 
     /// A caller's answer to a child request: restores the child's id and forwards it.

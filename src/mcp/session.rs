@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use super::caps::ClientCaps;
 use super::interest::{Interest, Level};
+use super::listen::{self, Honored, Listens};
 use super::stream::{EventId, GET_STREAM, ResumeError, Streams};
 use super::tasks::Tasks;
 use super::version::Revision;
@@ -119,6 +120,8 @@ pub struct Sessions {
     changes: watch::Sender<u64>,
     /// Every task of the tenant, by the id its session sees (they outlive a child).
     tasks: Tasks,
+    /// Stateless callers' `subscriptions/listen` streams.
+    listens: Listens,
 }
 
 impl Default for Sessions {
@@ -130,6 +133,7 @@ impl Default for Sessions {
             control: tokio::sync::Mutex::new(()),
             changes: watch::Sender::new(0),
             tasks: Tasks::default(),
+            listens: Listens::default(),
         }
     }
 }
@@ -193,9 +197,35 @@ impl Sessions {
         // Now, not when the last holder lets go: a request still in flight must not let
         // this node resume the id meanwhile.
         drop(lock(&session.signed).take());
-        if lock(&self.interest).remove_session(&session.id) {
+        self.forget(&session.id);
+    }
+
+    /// Forgets what `key` (a session, or a listener's key) asked of the child; the relays
+    /// re-plan when that leaves the child with something to undo.
+    fn forget(&self, key: &str) {
+        if lock(&self.interest).remove_session(key) {
             self.changes.send_modify(|n| *n = n.wrapping_add(1));
         }
+    }
+
+    /// Registers a `subscriptions/listen` stream (request id `id`) that follows `honored`;
+    /// it counts as an open stream until its guard drops.
+    pub fn listen(self: &Arc<Self>, honored: Honored, id: &[u8]) -> Listening {
+        let (n, rx) = self.listens.add(honored, id);
+        self.open_streams.fetch_add(1, Ordering::AcqRel);
+        Listening {
+            key: listen::key(n),
+            rx,
+            guard: ListenGuard {
+                sessions: self.clone(),
+                n,
+            },
+        }
+    }
+
+    /// The tenant's listeners.
+    pub fn listens(&self) -> &Listens {
+        &self.listens
     }
 
     /// Ends every session (the tenant was removed; its child goes too). Replies to requests
@@ -206,6 +236,7 @@ impl Sessions {
             lock(&session.streams).close_get();
             self.ended(&session);
         }
+        self.listens.close_all(); // each listen stream ends gracefully
     }
 
     /// Number of sessions.
@@ -351,6 +382,32 @@ impl Sessions {
     /// Changes whenever an ended session leaves the child with something to undo.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+}
+
+/// A registered listener: its interest key, its tagged notifications (ending when the
+/// tenant goes), and the guard that unregisters it.
+pub struct Listening {
+    /// Its key in [`Interest`].
+    pub key: Arc<str>,
+    /// The child's notifications it asked for, tagged.
+    pub rx: mpsc::Receiver<Bytes>,
+    /// Unregisters it (and its subscriptions) when dropped.
+    pub guard: ListenGuard,
+}
+
+/// Unregisters a listener when dropped: its URIs leave the wish list, and the relays
+/// unsubscribe the child from those nobody else follows.
+pub struct ListenGuard {
+    sessions: Arc<Sessions>,
+    n: u64,
+}
+
+impl Drop for ListenGuard {
+    fn drop(&mut self) {
+        self.sessions.listens.remove(self.n);
+        self.sessions.forget(&listen::key(self.n));
+        self.sessions.open_streams.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -19,6 +19,7 @@ mod hostile;
 mod python_sdk;
 mod rmcp_client;
 mod sessions;
+mod ts_sdk;
 
 use std::time::Duration;
 

@@ -26,7 +26,7 @@ const MODERN_CODES: std::ops::RangeInclusive<i64> = -32022..=-32020;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The `_meta` a 2026-07-28 caller puts on every request.
-fn modern_meta() -> Value {
+pub(crate) fn modern_meta() -> Value {
     json!({
         "io.modelcontextprotocol/protocolVersion": STATELESS,
         "io.modelcontextprotocol/clientCapabilities": {},
@@ -35,15 +35,15 @@ fn modern_meta() -> Value {
 }
 
 /// One stateless POST: a body and the headers sent with it, valid until a test edits them.
-struct Probe {
-    body: Value,
+pub(crate) struct Probe {
+    pub(crate) body: Value,
     headers: Vec<(&'static str, String)>,
 }
 
 impl Probe {
     /// A conforming request: `_meta` in the params, `MCP-Protocol-Version`, `Mcp-Method`, and
     /// `Mcp-Name` where the spec requires it.
-    fn valid(id: Value, method: &str, mut params: Value) -> Probe {
+    pub(crate) fn valid(id: Value, method: &str, mut params: Value) -> Probe {
         params["_meta"] = modern_meta();
         let mut headers = vec![
             ("MCP-Protocol-Version", STATELESS.to_owned()),
@@ -79,7 +79,7 @@ impl Probe {
     }
 
     /// Sets (`Some`) or removes (`None`) one `_meta` key.
-    fn meta(mut self, key: &str, value: Option<Value>) -> Probe {
+    pub(crate) fn meta(mut self, key: &str, value: Option<Value>) -> Probe {
         let meta = self.body["params"]["_meta"].as_object_mut().unwrap();
         match value {
             Some(value) => meta.insert(key.to_owned(), value),
@@ -93,7 +93,7 @@ impl Probe {
         self
     }
 
-    async fn send(&self, daemon: &Daemon, client_id: &str) -> reqwest::Response {
+    pub(crate) async fn send(&self, daemon: &Daemon, client_id: &str) -> reqwest::Response {
         let mut req = daemon
             .http()
             .post(daemon.url())
@@ -110,7 +110,7 @@ impl Probe {
     }
 
     /// Sends, asserts 200 without a session id, and returns the response to this request.
-    async fn answer(&self, daemon: &Daemon, client_id: &str) -> Value {
+    pub(crate) async fn answer(&self, daemon: &Daemon, client_id: &str) -> Value {
         let resp = self.send(daemon, client_id).await;
         assert_eq!(
             resp.status(),
@@ -127,7 +127,7 @@ impl Probe {
 }
 
 /// Reads a refusal: its status and its JSON-RPC error object, checking the id is echoed.
-async fn refusal(resp: reqwest::Response, id: &Value) -> (u16, Value) {
+pub(crate) async fn refusal(resp: reqwest::Response, id: &Value) -> (u16, Value) {
     let status = resp.status().as_u16();
     let ctype = resp.headers().get("content-type").cloned();
     let body: Value = timeout(HTTP_TIMEOUT, resp.json())
@@ -549,4 +549,26 @@ async fn dual_era_rmcp_client_preferring_a_session_era_version_falls_back_to_ini
         "the fallback must have gone through initialize, opening a session"
     );
     let _ = timeout(CLIENT_TIMEOUT, client.cancel()).await;
+}
+
+#[tokio::test]
+async fn a_childs_retired_resource_not_found_code_reaches_stateless_callers_as_invalid_params() {
+    // 2026-07-28 forbids -32002; a session-era caller still gets the child's bytes.
+    let clients = TempClients::new();
+    clients.write("acme", &crate::util::fake_child_spec(&[]));
+    let daemon = Daemon::start(&clients, &[]).await;
+    let uri = json!("test://missing");
+    let probe = Probe::valid(json!(1), "resources/read", json!({"uri": uri}));
+    let answer = probe.answer(&daemon, "acme").await;
+    assert_eq!(
+        answer["error"],
+        json!({"code": -32602, "message": "Resource not found", "data": {"uri": uri}}),
+        "{answer:#}"
+    );
+    let session = initialize(&daemon, "acme").await;
+    let body =
+        json!({"jsonrpc": "2.0", "id": 2, "method": "resources/read", "params": {"uri": uri}});
+    let resp = post(&daemon, Some("acme"), Some(&session), &body).await;
+    let got = response_to(&messages(resp).await, &json!(2)).clone();
+    assert_eq!(got["error"]["code"], -32002, "{got:#}");
 }

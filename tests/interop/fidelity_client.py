@@ -6,7 +6,10 @@ Connects to URL in session mode (initialize) with `X-Client-ID`, declaring sampl
 exits 0. Any failure, including the overall deadline and every wait inside a scenario, prints the
 reason to stderr and exits 1, so a caller never hangs on it.
 
-    fidelity_client.py URL --client-id ID --scenario NAME [--timeout SECS]
+    fidelity_client.py URL --client-id ID --scenario NAME [--mode MODE] [--timeout SECS]
+
+MODE is the SDK's connect mode: `legacy` (initialize, the default here), `auto` (the SDK's own
+default: server/discover, then 2026-07-28 for the whole connection) or `2026-07-28`.
 
 Scenarios (server-everything as the child unless noted):
   progress     tools/list, then trigger-long-running-operation with a progress callback;
@@ -18,6 +21,12 @@ Scenarios (server-everything as the child unless noted):
   prompts      prompts/list, prompts/get of args-prompt.
   completion   completion/complete for a prompt argument (with context) and a template argument.
   logging      logging/setLevel debug, toggle-simulated-logging, wait for notifications/message.
+  request-logs (2026-07-28 modes, with --log-level) toggle-simulated-logging, then a 6 s
+               trigger-long-running-operation: logs arrive only on those calls' replies.
+  listen-resource (2026-07-28 modes) client.listen(resource_subscriptions=[SUBSCRIBED_URI]),
+               then toggle-subscriber-updates; summary `honored` and the first `event`.
+  listen-tools (fake child, 2026-07-28 modes) client.listen(tools_list_changed=True), then its
+               `notify` tool; summary `honored` and the first `event`.
   ping         ping the child.
   answer-ping  (fake child) call its `ask` tool with method ping: the child pings this client.
   cancel       start trigger-long-running-operation, cancel it after its first progress, then
@@ -170,6 +179,36 @@ async def scenario_logging(client: Client, rec: Recorder) -> dict[str, Any]:
     return {"toggle": tool_outcome(toggled), "logs": rec.logs}
 
 
+async def scenario_request_logs(client: Client, rec: Recorder) -> dict[str, Any]:
+    toggled = await client.call_tool("toggle-simulated-logging", {})
+    # The child logs once at once, then every 5 s: this call spans at least one tick.
+    await client.call_tool("trigger-long-running-operation", {"duration": 6, "steps": 2})
+    await wait_for(rec.log_arrived, NOTIFICATION_WAIT, "a notifications/message on a call's reply")
+    return {"toggle": tool_outcome(toggled), "logs": rec.logs}
+
+
+def event_summary(event: Any) -> dict[str, Any]:
+    return {"type": type(event).__name__, **({"uri": event.uri} if hasattr(event, "uri") else {})}
+
+
+async def scenario_listen_resource(client: Client, _rec: Recorder) -> dict[str, Any]:
+    async with client.listen(resource_subscriptions=[SUBSCRIBED_URI]) as sub:
+        honored = sub.honored.model_dump(mode="json", by_alias=True, exclude_none=True)
+        toggled = await client.call_tool("toggle-subscriber-updates", {})
+        with anyio.fail_after(NOTIFICATION_WAIT):
+            event = await sub.__anext__()
+    return {"honored": honored, "toggle": tool_outcome(toggled), "event": event_summary(event)}
+
+
+async def scenario_listen_tools(client: Client, _rec: Recorder) -> dict[str, Any]:
+    async with client.listen(tools_list_changed=True) as sub:
+        honored = sub.honored.model_dump(mode="json", by_alias=True, exclude_none=True)
+        await client.call_tool("notify", {"marker": "listen"})
+        with anyio.fail_after(NOTIFICATION_WAIT):
+            event = await sub.__anext__()
+    return {"honored": honored, "event": event_summary(event)}
+
+
 async def scenario_ping(client: Client, _rec: Recorder) -> dict[str, Any]:
     result = await client.send_ping()
     return {"ping": result.model_dump(mode="json", by_alias=True, exclude_none=True)}
@@ -213,6 +252,9 @@ SCENARIOS = {
     "prompts": scenario_prompts,
     "completion": scenario_completion,
     "logging": scenario_logging,
+    "request-logs": scenario_request_logs,
+    "listen-resource": scenario_listen_resource,
+    "listen-tools": scenario_listen_tools,
     "ping": scenario_ping,
     "answer-ping": scenario_answer_ping,
     "cancel": scenario_cancel,
@@ -224,6 +266,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("url")
     p.add_argument("--client-id", required=True, help="value of the X-Client-ID header")
     p.add_argument("--scenario", required=True, choices=sorted(SCENARIOS))
+    p.add_argument("--mode", default="legacy", help="Client mode: legacy, auto or a modern version")
+    p.add_argument("--log-level", default=None, help="the Client's log_level (2026-07-28 opt-in to logs)")
     p.add_argument("--timeout", type=float, default=60.0, help="deadline for the whole run, seconds")
     return p.parse_args(argv)
 
@@ -235,7 +279,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             transport = streamable_http_client(args.url, http_client=http)
             client = Client(
                 transport,
-                mode="legacy",
+                mode=args.mode,
+                log_level=args.log_level,
                 sampling_callback=rec.on_sampling,
                 elicitation_callback=rec.on_elicitation,
                 logging_callback=rec.on_log,

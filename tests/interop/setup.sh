@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the pinned third-party parts of the interop tests:
-#   - tests/interop/node_modules  from package-lock.json (npm ci), for @modelcontextprotocol/server-everything;
+#   - tests/interop/node_modules  from package-lock.json (npm ci), for @modelcontextprotocol/server-everything
+#                                 and the TS SDK 2.x client (@modelcontextprotocol/client);
 #   - target/interop-venv         a Python venv with requirements.txt (the `mcp` SDK client, and
 #                                 `prometheus_client` whose parser judges /metrics in the e2e tests).
 # Idempotent and fast when already installed: each part records a hash of its pin file and is
@@ -27,8 +28,10 @@ if [[ ! -f "$npm_stamp" || "$(cat "$npm_stamp")" != "$npm_want" ]]; then
     npm ci --prefix "$here" --no-audit --no-fund --loglevel=error >&2
     echo "$npm_want" >"$npm_stamp"
 fi
-entry="$here/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
-[[ -f "$entry" ]] || { echo "interop setup: $entry missing after npm ci" >&2; exit 1; }
+for entry in "$here/node_modules/@modelcontextprotocol/server-everything/dist/index.js" \
+    "$here/node_modules/@modelcontextprotocol/client/dist/index.mjs"; do
+    [[ -f "$entry" ]] || { echo "interop setup: $entry missing after npm ci" >&2; exit 1; }
+done
 
 # --- pip: the mcp Python SDK ------------------------------------------------------------
 pip_stamp="$venv/.mcpmux-interop-stamp"

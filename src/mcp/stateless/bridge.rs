@@ -10,7 +10,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{Admitted, CHILD_VERSION, META_SERVER_INFO, SUPPORTED_VERSIONS};
+use crate::mcp::caps::ClientCaps;
 use crate::mcp::envelope::{METHOD_NOT_FOUND, span_of, splice};
+use crate::mcp::version::Revision;
 
 /// Results that must carry `ttlMs` and `cacheScope` (2026-07-28 `CacheableResult`).
 /// `server/discover` is one too, but mcpmux builds that result itself.
@@ -44,6 +46,23 @@ struct ClientCapsWire<'a> {
     sampling: Option<&'a RawValue>,
     #[serde(borrow)]
     elicitation: Option<&'a RawValue>,
+}
+
+/// Methods whose calls may be answered with an `input_required` result (SEP-2322).
+const ROUND_METHODS: [&str; 3] = ["tools/call", "prompts/get", "resources/read"];
+
+/// What a stateless caller of `method` can be asked in `input_required` rounds: the
+/// capabilities it declared for this request, or `None` for methods that must not be
+/// answered with `input_required`.
+pub fn asks(method: &str, admitted: &Admitted<'_>) -> Option<ClientCaps> {
+    if !ROUND_METHODS.contains(&method) {
+        return None;
+    }
+    // 2026-07-28 capabilities read as the newest session-era ones (same shape).
+    Some(ClientCaps::parse(
+        Some(admitted.client_capabilities),
+        Revision::NEWEST,
+    ))
 }
 
 /// `initialize` params for a child whose first caller is stateless: the newest
@@ -140,13 +159,46 @@ struct ResultFieldsWire<'a> {
 /// The child's final reply with what 2026-07-28 requires of a result and a session-era
 /// child leaves out: `resultType` (SDKs of the era refuse results without it), and on
 /// complete results of the cacheable methods `ttlMs` and `cacheScope`, with the most
-/// conservative values (as the SDKs default them). Byte-exact otherwise; errors and
-/// non-object results pass unchanged.
+/// conservative values (as the SDKs default them). An error whose code 2026-07-28 forbids
+/// gets the era's code instead (see [`modern_code`]). Byte-exact otherwise; non-object
+/// results pass unchanged.
 pub fn complete_reply(method: &str, reply: Bytes) -> Bytes {
+    if let Some((span, code)) = retired_code(&reply) {
+        return splice(&reply, &mut [(span, code.to_string().as_bytes())]).into();
+    }
     match missing_fields(method, &reply) {
         Some((at, fields)) => splice(&reply, &mut [(at..at, fields.as_bytes())]).into(),
         None => reply,
     }
+}
+
+/// JSON-RPC "invalid params".
+const INVALID_PARAMS: i64 = -32602;
+/// JSON-RPC "internal error".
+const INTERNAL_ERROR: i64 = -32603;
+
+/// The code 2026-07-28 uses for a session-era code it forbids servers to emit: `-32002`
+/// (resource not found) became `-32602`; `-32042` (URL elicitation required, 2025-11-25
+/// only) has no successor as an error and becomes `-32603`.
+pub fn modern_code(code: i64) -> Option<i64> {
+    match code {
+        -32002 => Some(INVALID_PARAMS),
+        -32042 => Some(INTERNAL_ERROR),
+        _ => None,
+    }
+}
+
+/// Where the reply's error code sits and what replaces it, when it is a retired one.
+fn retired_code(reply: &[u8]) -> Option<(std::ops::Range<usize>, i64)> {
+    #[derive(Deserialize)]
+    struct CodeWire<'a> {
+        #[serde(borrow)]
+        code: &'a RawValue,
+    }
+    let error = serde_json::from_slice::<ReplyWire<'_>>(reply).ok()?.error?;
+    let code = serde_json::from_str::<CodeWire<'_>>(error.get()).ok()?.code;
+    let modern = modern_code(code.get().parse().ok()?)?;
+    Some((span_of(reply, code.get())?, modern)) // borrowed from `reply`, so it has a span
 }
 
 /// Where to insert which fields into the reply's `result` object, if any are missing.
@@ -203,6 +255,30 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+
+    #[test]
+    fn retired_error_codes_get_the_eras_codes() {
+        let reply = |code: i64| {
+            Bytes::from(format!(
+                r#"{{"jsonrpc":"2.0","id":1,"error":{{"code":{code},"message":"Resource not found","data":{{"uri":"x://1"}}}}}}"#
+            ))
+        };
+        for (from, to) in [
+            (-32002, -32602),
+            (-32042, -32603),
+            (-32601, -32601),
+            (-32001, -32001),
+        ] {
+            let got: Value =
+                serde_json::from_slice(&complete_reply("resources/read", reply(from))).unwrap();
+            assert_eq!(got["error"]["code"], to, "{from}");
+            assert_eq!(
+                got["error"]["data"],
+                json!({"uri": "x://1"}),
+                "the rest is untouched"
+            );
+        }
+    }
     use crate::mcp::envelope;
     use crate::mcp::stateless::{
         META_CLIENT_CAPABILITIES, META_CLIENT_INFO, META_PROTOCOL_VERSION, STATELESS_VERSION,

@@ -21,8 +21,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::envelope::{Envelope, Kind};
+use super::interest::Level;
 
-pub use bridge::{complete_reply, discover_result, init_params, is_method_not_found};
+pub use bridge::{asks, complete_reply, discover_result, init_params, is_method_not_found};
 pub use ladder::{Admitted, Rejection, decode_header_value, validate};
 
 /// The stateless protocol version mcpmux serves.
@@ -56,17 +57,18 @@ pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion
 pub const META_CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
 /// `_meta` key of the caller's identity.
 pub const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
+/// `_meta` key of the least severe log message a request wants on its reply.
+pub const META_LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
 /// `_meta` key of the server's identity on results.
 pub const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
 
-/// Session-era methods that 2026-07-28 removed, and `subscriptions/listen`, which a
-/// session-era child cannot serve: answered "method not found" without the child.
-const NOT_IN_THIS_ERA: [&str; 5] = [
+/// Session-era methods that 2026-07-28 removed: answered "method not found" without the
+/// child.
+const NOT_IN_THIS_ERA: [&str; 4] = [
     "ping",
     "logging/setLevel",
     "resources/subscribe",
     "resources/unsubscribe",
-    "subscriptions/listen",
 ];
 
 /// One routing header as the transport received it.
@@ -102,6 +104,8 @@ pub struct RequestMeta<'a> {
     pub client_capabilities: Option<&'a RawValue>,
     /// `_meta["io.modelcontextprotocol/clientInfo"]`, as written.
     pub client_info: Option<&'a RawValue>,
+    /// `_meta["io.modelcontextprotocol/logLevel"]`, as written.
+    pub log_level: Option<&'a RawValue>,
     /// `params.name` (the `Mcp-Name` source of `tools/call` and `prompts/get`).
     pub name: Option<&'a RawValue>,
     /// `params.uri` (the `Mcp-Name` source of `resources/read`).
@@ -126,6 +130,8 @@ struct MetaWire<'a> {
     client_capabilities: Option<&'a RawValue>,
     #[serde(borrow, rename = "io.modelcontextprotocol/clientInfo")]
     client_info: Option<&'a RawValue>,
+    #[serde(borrow, rename = "io.modelcontextprotocol/logLevel")]
+    log_level: Option<&'a RawValue>,
 }
 
 /// Reads what this era needs from `params`; params that are not an object read as empty
@@ -143,6 +149,7 @@ pub fn request_meta(params: Option<&RawValue>) -> RequestMeta<'_> {
         protocol_version: meta.as_ref().and_then(|m| m.protocol_version),
         client_capabilities: meta.as_ref().and_then(|m| m.client_capabilities),
         client_info: meta.as_ref().and_then(|m| m.client_info),
+        log_level: meta.as_ref().and_then(|m| m.log_level),
         name: wire.name,
         uri: wire.uri,
     }
@@ -173,16 +180,25 @@ pub fn is_stateless(env: &Envelope<'_>, version: Header<'_>, meta: &RequestMeta<
     candidate && (header_modern || meta_modern)
 }
 
+/// The log level a request opted in to: `Ok(None)` without the opt-in, `Err` for a value
+/// that names no level (the spec says: reject with -32602).
+pub fn log_level(meta: &RequestMeta<'_>) -> Result<Option<Level>, String> {
+    let Some(raw) = meta.log_level else {
+        return Ok(None);
+    };
+    match as_str(raw).as_deref().and_then(Level::parse) {
+        Some(level) => Ok(Some(level)),
+        None => Err(format!(
+            "{META_LOG_LEVEL} must be one of debug, info, notice, warning, error, critical, alert, emergency; got {}",
+            raw.get().chars().take(64).collect::<String>()
+        )),
+    }
+}
+
 /// Why `method` is not served in this era without asking the child, if it is not.
 pub fn not_in_this_era(method: &str) -> Option<String> {
     if !NOT_IN_THIS_ERA.contains(&method) {
         return None;
-    }
-    if method == "subscriptions/listen" {
-        return Some(
-            "subscriptions/listen is not available through mcpmux: the child speaks a session-era protocol"
-                .into(),
-        );
     }
     Some(format!(
         "{method} is not part of protocol {STATELESS_VERSION}"
@@ -250,7 +266,7 @@ mod tests {
     #[test]
     fn removed_methods_are_named() {
         assert!(not_in_this_era("ping").is_some());
-        assert!(not_in_this_era("subscriptions/listen").is_some());
+        assert!(not_in_this_era("subscriptions/listen").is_none(), "bridged");
         assert!(not_in_this_era("tools/call").is_none());
     }
 }

@@ -14,13 +14,37 @@ use super::{
 use crate::interop::venv_python;
 use crate::util::{ChildLog, Daemon, repo_root};
 
+/// The SDK's connect modes: `initialize`, its default (discover, then 2026-07-28 for the whole
+/// connection), and 2026-07-28 outright.
+const MODES: [&str; 3] = ["legacy", "auto", "2026-07-28"];
+
 /// Runs `fidelity_client.py <url> --client-id <id> --scenario <scenario>`; returns its summary.
 async fn python_scenario(daemon: &Daemon, client_id: &str, scenario: &str) -> Value {
+    python_scenario_in(daemon, client_id, scenario, "legacy", &[]).await
+}
+
+/// [`python_scenario`] with the SDK in connect mode `mode` and `extra` arguments; checks the
+/// era it ended up in.
+async fn python_scenario_in(
+    daemon: &Daemon,
+    client_id: &str,
+    scenario: &str,
+    mode: &str,
+    extra: &[&str],
+) -> Value {
     let script = repo_root().join("tests/interop/fidelity_client.py");
     let mut cmd = Command::new(venv_python());
     cmd.arg(script)
         .arg(daemon.url())
-        .args(["--client-id", client_id, "--scenario", scenario])
+        .args([
+            "--client-id",
+            client_id,
+            "--scenario",
+            scenario,
+            "--mode",
+            mode,
+        ])
+        .args(extra)
         .args(["--timeout", &(CLIENT_TIMEOUT.as_secs() - 10).to_string()])
         .stdin(Stdio::null())
         .kill_on_drop(true);
@@ -35,8 +59,20 @@ async fn python_scenario(daemon: &Daemon, client_id: &str, scenario: &str) -> Va
         "the mcp Python SDK must complete scenario {scenario} through mcpmux ({}):\n{stderr}",
         out.status
     );
-    serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("scenario {scenario} summary must be JSON ({e}): {stdout}"))
+    let summary: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("scenario {scenario} summary must be JSON ({e}): {stdout}"));
+    let modern = summary["protocol_version"] == "2026-07-28";
+    assert_eq!(
+        modern,
+        mode != "legacy",
+        "in mode {mode} the SDK must end up in the {} era: {summary:#}",
+        if mode == "legacy" {
+            "session"
+        } else {
+            "2026-07-28"
+        }
+    );
+    summary
 }
 
 #[tokio::test]
@@ -78,11 +114,18 @@ async fn python_sdk_lists_tools_and_gets_a_long_tools_progress_before_its_result
 }
 
 #[tokio::test]
-async fn python_sdk_answers_the_childs_sampling_request() {
+async fn python_sdk_answers_the_childs_sampling_request_in_every_mode() {
+    // In auto and 2026-07-28 mode the request reaches the SDK as an input_required round.
+    for mode in MODES {
+        sampling_in(mode).await;
+    }
+}
+
+async fn sampling_in(mode: &str) {
     let (tap, fake) = (ChildLog::new(), ChildLog::new());
     let (_clients, daemon) = interop_daemon(&tap, &fake).await;
 
-    let summary = python_scenario(&daemon, "everything", "sampling").await;
+    let summary = python_scenario_in(&daemon, "everything", "sampling", mode, &[]).await;
 
     let asked = summary["sampling_requests"].as_array().unwrap();
     assert_eq!(asked.len(), 1, "one sampling request, once: {summary:#}");
@@ -108,11 +151,17 @@ async fn python_sdk_answers_the_childs_sampling_request() {
 }
 
 #[tokio::test]
-async fn python_sdk_answers_the_childs_elicitation_request() {
+async fn python_sdk_answers_the_childs_elicitation_request_in_every_mode() {
+    for mode in MODES {
+        elicitation_in(mode).await;
+    }
+}
+
+async fn elicitation_in(mode: &str) {
     let (tap, fake) = (ChildLog::new(), ChildLog::new());
     let (_clients, daemon) = interop_daemon(&tap, &fake).await;
 
-    let summary = python_scenario(&daemon, "everything", "elicitation").await;
+    let summary = python_scenario_in(&daemon, "everything", "elicitation", mode, &[]).await;
 
     let asked = summary["elicitation_requests"].as_array().unwrap();
     assert_eq!(asked.len(), 1, "one elicitation request, once: {summary:#}");
@@ -218,6 +267,11 @@ async fn python_sdk_sets_its_log_level_and_receives_log_messages() {
 
     let summary = python_scenario(&daemon, "everything", "logging").await;
 
+    assert_child_logs(&summary);
+}
+
+/// The summary's `logs` are server-everything's simulated log messages, at least one.
+fn assert_child_logs(summary: &Value) {
     let logs = summary["logs"].as_array().unwrap();
     assert!(!logs.is_empty(), "{summary:#}");
     for log in logs {
@@ -225,6 +279,62 @@ async fn python_sdk_sets_its_log_level_and_receives_log_messages() {
         assert!(
             log["level"].is_string() && data.contains("message"),
             "log messages must arrive as the child wrote them: {summary:#}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn python_sdk_with_a_log_level_gets_the_childs_logs_on_its_calls_replies() {
+    // 2026-07-28 has no logging/setLevel: the SDK stamps its log_level on every request.
+    for mode in ["auto", "2026-07-28"] {
+        let (tap, fake) = (ChildLog::new(), ChildLog::new());
+        let (_clients, daemon) = interop_daemon(&tap, &fake).await;
+        let extra = ["--log-level", "debug"];
+        let summary = python_scenario_in(&daemon, "everything", "request-logs", mode, &extra).await;
+        assert_child_logs(&summary);
+        let set = tap.with_method("logging/setLevel");
+        assert!(
+            set.iter().any(|m| m["params"]["level"] == "debug"),
+            "the child must be set to the callers' level: {set:#?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn python_sdk_listens_for_a_resource_update_and_a_tools_list_change() {
+    for mode in ["auto", "2026-07-28"] {
+        let (tap, fake) = (ChildLog::new(), ChildLog::new());
+        let (_clients, daemon) = interop_daemon(&tap, &fake).await;
+
+        let summary = python_scenario_in(&daemon, "everything", "listen-resource", mode, &[]).await;
+        assert_eq!(
+            summary["honored"],
+            json!({"resourceSubscriptions": [SUBSCRIBED_URI]}),
+            "{summary:#}"
+        );
+        assert_eq!(
+            summary["event"],
+            json!({"type": "ResourceUpdated", "uri": SUBSCRIBED_URI}),
+            "{summary:#}"
+        );
+        let subscribes = tap.with_method("resources/subscribe");
+        assert_eq!(
+            subscribes.len(),
+            1,
+            "one subscribe for the URI: {subscribes:#?}"
+        );
+        assert_eq!(subscribes[0]["params"]["uri"], SUBSCRIBED_URI);
+
+        let summary = python_scenario_in(&daemon, "fake", "listen-tools", mode, &[]).await;
+        assert_eq!(
+            summary["honored"],
+            json!({"toolsListChanged": true}),
+            "{summary:#}"
+        );
+        assert_eq!(
+            summary["event"],
+            json!({"type": "ToolsListChanged"}),
+            "{summary:#}"
         );
     }
 }
