@@ -294,24 +294,11 @@ pub(crate) mod testing {
             state_dir: root,
         }
     }
-}
+    /// A client spec running `command args` with every default, for tests over real children.
+    pub(crate) fn spec(command: &str, args: &[&str]) -> ClientSpec {
+        use std::collections::BTreeMap;
 
-#[cfg(test)]
-mod tests {
-    //! Real processes (`sh`, `cat`, `env`, `sleep`); every wait bounded.
-
-    use std::collections::BTreeMap;
-    use std::path::PathBuf;
-
-    use nix::unistd::Pid;
-    use tokio::time::timeout;
-
-    use super::*;
-    use crate::clients::{ClientId, Limits, Secret};
-
-    const WAIT: Duration = Duration::from_secs(10);
-
-    fn spec(command: &str, args: &[&str]) -> ClientSpec {
+        use crate::clients::{ClientId, Limits};
         ClientSpec {
             id: ClientId::parse("test").unwrap(),
             path: PathBuf::from("/nonexistent/test.json"),
@@ -326,6 +313,22 @@ mod tests {
             content_hash: [0; 32],
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Real processes (`sh`, `cat`, `env`, `sleep`); every wait bounded.
+
+    use std::path::PathBuf;
+
+    use nix::unistd::Pid;
+    use tokio::time::timeout;
+
+    use super::testing::spec;
+    use super::*;
+    use crate::clients::Secret;
+
+    const WAIT: Duration = Duration::from_secs(10);
 
     fn sh(script: &str) -> ClientSpec {
         spec("sh", &["-c", script])

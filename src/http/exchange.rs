@@ -552,31 +552,15 @@ pub(super) fn start_failed(id: &str, err: StartError) -> Response<Body> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-    use std::path::PathBuf;
-
     use tokio::sync::Notify;
 
     use super::*;
     use crate::child;
-    use crate::clients::{ClientId, Limits};
     use crate::mcp::session::Sessions;
 
     /// A relay over a real child (`cat`, which reads its stdin until it closes).
     fn relay() -> Arc<Relay> {
-        let spec = ClientSpec {
-            id: ClientId::parse("test").unwrap(),
-            path: PathBuf::from("/nonexistent/test.json"),
-            command: "cat".into(),
-            args: Vec::new(),
-            env: BTreeMap::new(),
-            cwd: None,
-            idle_ttl: Duration::from_secs(300),
-            token_sha256: None,
-            limits: Limits::default(),
-            sandbox: Default::default(),
-            content_hash: [0; 32],
-        };
+        let spec = child::testing::spec("cat", &[]);
         let settings = child::testing::settings(100);
         let (handle, _events) = child::spawn(&spec, &settings).unwrap();
         let sessions = Arc::new(Sessions::default());
