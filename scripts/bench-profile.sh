@@ -40,7 +40,7 @@ until grep -q "direct stdio, 64 in flight" "$scratch/bench.log"; do
     kill -0 "$bench_pid" 2>/dev/null || { cat "$scratch/bench.log" >&2; exit 1; }
     sleep 0.5
 done
-daemon="$(pgrep -P "$(pgrep -f -n 'load-[0-9a-f]* --only throughput')" -x mcpmux | head -n1)"
+daemon="$(pgrep -P "$(pgrep -f -n 'load-[0-9a-f]* --only throughput')" -x mcpmux | sed -n 1p)"
 [[ -n "$daemon" ]] || { echo "bench-profile: no mcpmux daemon found" >&2; exit 1; }
 sleep 3 # sessions open and the warm-up passes
 echo "bench-profile: sampling mcpmux pid $daemon for $secs s" >&2

@@ -97,7 +97,7 @@ cp /usr/share/doc/mcpmux/examples/demo.json "$scratch/clients/"
 daemon_pid=$!
 addr=""
 for _ in $(seq 100); do
-    addr="$(grep -o 'listening on http://[0-9.:]*/mcp' "$scratch/daemon.log" | head -1 | sed 's|listening on http://||; s|/mcp||')" || true
+    addr="$(grep -o 'listening on http://[0-9.:]*/mcp' "$scratch/daemon.log" | sed -n 1p | sed 's|listening on http://||; s|/mcp||')" || true
     [[ -z "$addr" ]] || break
     kill -0 "$daemon_pid" 2>/dev/null || fail "the daemon exited: $(cat "$scratch/daemon.log")"
     sleep 0.1

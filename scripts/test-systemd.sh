@@ -119,7 +119,7 @@ booted() {
     [[ "$state" == running || "$state" == degraded ]]
 }
 wait_for 90 "the container's systemd to finish booting (last state: '${state:-}')" booted
-pass "systemd $(ct systemctl --version | head -1 | cut -d' ' -f2) booted as PID 1 of the container ($state)"
+pass "systemd $(ct systemctl --version | sed -n 1p | cut -d' ' -f2) booted as PID 1 of the container ($state)"
 
 # --- install -------------------------------------------------------------------------------
 ct dpkg -i /mnt/mcpmux-pkg/mcpmux.deb > "$scratch/dpkg.log" 2>&1 || { cat "$scratch/dpkg.log" >&2; fail "dpkg -i in the container"; }

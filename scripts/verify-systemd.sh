@@ -31,4 +31,4 @@ if [[ -n "${status:-}" || -n "$out" ]]; then
     echo "$out" >&2
     exit 1
 fi
-echo "verify-systemd: ${units[*]} OK ($(systemd-analyze --version | head -1))"
+echo "verify-systemd: ${units[*]} OK ($(systemd-analyze --version | sed -n 1p))"
