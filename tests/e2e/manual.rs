@@ -7,6 +7,7 @@ use std::process::Stdio;
 use tokio::process::Command;
 use tokio::time::timeout;
 
+use crate::interop::ensure_setup;
 use crate::util::{STARTUP_TIMEOUT, run_mcpmux};
 
 /// Every `--flag` and `MCPMUX_*` variable `mcpmux --help` shows (the source of truth).
@@ -33,6 +34,8 @@ async fn help_names() -> (Vec<String>, Vec<String>) {
 
 /// Runs `program args` with `stdin` closed, bounded; returns (status ok, stdout, stderr).
 async fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    // Installs man-db when absent (scripts/install-tools.sh, through the interop set-up).
+    ensure_setup();
     let mut cmd = Command::new(program);
     cmd.args(args)
         .envs(env.iter().copied())

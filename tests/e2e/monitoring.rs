@@ -2,7 +2,7 @@
 //! pass their `promtool test rules` unit tests and fire in a real Prometheus that scrapes a
 //! live daemon with a crash-looping tenant; every query of the Grafana dashboard
 //! (`deploy/grafana/mcpmux.json`) parses with `promtool` and names only metrics that a live
-//! daemon exports. Needs Debian's `prometheus` package (`.ci/run` installs it).
+//! daemon exports. Needs Debian's `prometheus` package (the interop set-up installs it when absent).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep, timeout};
 
+use crate::interop::ensure_setup;
 use crate::util::{
     Daemon, STARTUP_TIMEOUT, Signal, TempClients, admin_get, call_tool, echo_spec, fake_child_spec,
     initialize, initialize_params, messages, post, repo_root, response_to,
@@ -30,6 +31,8 @@ fn rules_path() -> std::path::PathBuf {
 
 /// Runs `promtool args`, bounded; returns (success, stdout + stderr).
 async fn promtool(args: &[&str]) -> (bool, String) {
+    // Installs promtool when absent (scripts/install-tools.sh, through the interop set-up).
+    ensure_setup();
     let mut cmd = Command::new("promtool");
     cmd.args(args).stdin(Stdio::null()).kill_on_drop(true);
     let out = timeout(STARTUP_TIMEOUT, cmd.output())
@@ -86,6 +89,7 @@ impl Prometheus {
             .local_addr()
             .unwrap()
             .port();
+        ensure_setup();
         let mut cmd = Command::new("prometheus");
         cmd.arg(format!("--config.file={}", config_file.display()))
             .arg(format!(

@@ -155,6 +155,8 @@ fn replace_once(text: &str, from: &str, to: &str) -> String {
 impl Haproxy {
     /// The recipe with loopback addresses; `redispatch: false` drops `option redispatch`.
     pub async fn start(nodes: &[Node], redispatch: bool) -> Haproxy {
+        // Installs HAProxy when absent (scripts/install-tools.sh, through the interop set-up).
+        ensure_setup();
         let recipe = std::fs::read_to_string(repo_root().join("deploy/haproxy/haproxy.cfg"))
             .expect("deploy/haproxy/haproxy.cfg must be readable");
         let dir = tempfile::tempdir().expect("a temp dir for HAProxy");

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the pinned third-party parts of the interop tests:
+# Installs the system tools of the tests when absent (scripts/install-tools.sh), then the
+# pinned third-party parts of the interop tests:
 #   - tests/interop/node_modules  from package-lock.json (npm ci), for @modelcontextprotocol/server-everything
 #                                 and the TS SDK 2.x client (@modelcontextprotocol/client);
 #   - target/interop-venv         a Python venv with requirements.txt (the `mcp` SDK client, and
@@ -17,6 +18,9 @@ python="${PYTHON:-python3}"
 mkdir -p "$root/target"
 exec 9>"$root/target/interop-setup.lock"
 flock 9
+
+# The system tools `cargo test` uses (node, npm, python3-venv, man-db, haproxy, prometheus).
+bash "$root/scripts/install-tools.sh" test
 
 hash_of() { sha256sum "$@" | sha256sum | cut -d' ' -f1; }
 
