@@ -48,15 +48,10 @@ fn held_sessions(tokens: &SessionTokens) -> (Arc<Sessions>, String) {
     let mut last = String::new();
     for _ in 0..HELD {
         let (id, mark) = tokens.issue("acme", "2025-11-25", PARAMS).unwrap();
-        let session = sessions
-            .insert(
-                id.as_str().into(),
-                "2025-11-25".into(),
-                ClientCaps::default(),
-                HELD + 10,
-            )
+        let in_use = sessions
+            .insert(id.as_str().into(), "2025-11-25".into(), ClientCaps::default())
             .unwrap();
-        session.mark_signed(|| mark);
+        in_use.session().mark_signed(|| mark);
         last = id;
     }
     (sessions, last)
@@ -105,10 +100,10 @@ fn lookup(c: &mut Criterion) {
             |id| {
                 let claims = tokens.resumable(&id, "acme").unwrap();
                 let caps = caps_of(&claims.params, &claims.version);
-                let session = sessions
-                    .insert(id.as_str().into(), claims.version.clone(), caps, usize::MAX)
+                let in_use = sessions
+                    .insert(id.as_str().into(), claims.version.clone(), caps)
                     .unwrap();
-                session.mark_signed(|| tokens.mark(&claims));
+                in_use.session().mark_signed(|| tokens.mark(&claims));
                 // Dropped after timing: the map stays at HELD sessions.
                 Resumed(sessions.clone(), id)
             },

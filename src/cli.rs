@@ -123,6 +123,13 @@ pub struct ServeArgs {
     /// Seconds a session may go unused before it is forgotten (404 afterwards).
     #[arg(long, env = "MCPMUX_SESSION_TTL", default_value_t = 3600)]
     pub session_ttl: u64,
+    /// Sessions one tenant may have open. At the cap a new session ends the tenant's least
+    /// recently used session that has no open stream and nothing in flight; with none, 503.
+    #[arg(long, env = "MCPMUX_MAX_SESSIONS_PER_TENANT", default_value_t = crate::mcp::admission::DEFAULT_MAX_PER_TENANT)]
+    pub max_sessions_per_tenant: usize,
+    /// Sessions all tenants together may have open; at the cap as above, over all tenants.
+    #[arg(long, env = "MCPMUX_MAX_SESSIONS", default_value_t = crate::mcp::admission::DEFAULT_MAX_TOTAL)]
+    pub max_sessions: usize,
     /// Most children alive at once; at the cap the longest-idle one is stopped first.
     #[arg(long, env = "MCPMUX_MAX_CHILDREN", default_value_t = 1024)]
     pub max_children: usize,

@@ -73,7 +73,8 @@ async fn run(args: ServeArgs, settings: Arc<Settings>) -> anyhow::Result<()> {
         .ok();
     crate::metrics::limits(
         settings.max_children,
-        crate::settings::MAX_SESSIONS_PER_TENANT,
+        settings.max_sessions_per_tenant,
+        settings.max_sessions,
     );
     let registry = Arc::new(Registry::new());
     // The registry logs each bad file (file and reason) itself.

@@ -113,6 +113,18 @@ fn describe() {
         "mcpmux_sessions_max_per_tenant",
         "Sessions one tenant may have open at once"
     );
+    metrics::describe_gauge!(
+        "mcpmux_sessions_max",
+        "Sessions all tenants together may have open at once (--max-sessions)"
+    );
+    metrics::describe_counter!(
+        "mcpmux_sessions_evicted_total",
+        "Idle sessions ended to admit a new one at a session cap, by the evicted session's tenant and cap"
+    );
+    metrics::describe_counter!(
+        "mcpmux_sessions_refused_total",
+        "initialize (or resumption) refused with 503: at a session cap with every session in use"
+    );
     metrics::describe_gauge!("mcpmux_connections_open", "Open connections by port");
     metrics::describe_gauge!(
         "mcpmux_connections_max",
@@ -299,7 +311,20 @@ pub fn totals(tenants: usize, children_alive: usize) {
 
 /// The caps alerts compare against (children at `--max-children`, sessions near their cap),
 /// set once at start.
-pub fn limits(max_children: usize, max_sessions_per_tenant: usize) {
+pub fn limits(max_children: usize, max_sessions_per_tenant: usize, max_sessions: usize) {
     gauge!("mcpmux_children_max").set(max_children as f64);
     gauge!("mcpmux_sessions_max_per_tenant").set(max_sessions_per_tenant as f64);
+    gauge!("mcpmux_sessions_max").set(max_sessions as f64);
+}
+
+/// An idle session of `client_id` was ended to make room at `cap` (`tenant`, `global`).
+pub fn session_evicted(client_id: &str, cap: &'static str) {
+    let labels = [("client_id", client_id.to_string()), ("cap", cap.to_string())];
+    counter!("mcpmux_sessions_evicted_total", &labels).increment(1);
+}
+
+/// A new session of `client_id` was refused at `cap`: every session under it was in use.
+pub fn session_refused(client_id: &str, cap: &'static str) {
+    let labels = [("client_id", client_id.to_string()), ("cap", cap.to_string())];
+    counter!("mcpmux_sessions_refused_total", &labels).increment(1);
 }

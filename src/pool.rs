@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use crate::child::{self, ExitInfo, ExitReason};
 use crate::clients::{ClientId, ClientSpec, Diff, Limits, Registry};
+use crate::mcp::admission::Admission;
 use crate::mcp::caps;
 use crate::mcp::control;
 use crate::mcp::relay::{InitError, Relay};
@@ -176,6 +177,8 @@ pub struct Pool {
     idle: Arc<Notify>,
     /// Children in tenants' slots, plus starts in progress (`--max-children`).
     live: Arc<AtomicUsize>,
+    /// The session caps, over every tenant's sessions.
+    admission: Arc<Admission>,
 }
 
 impl Pool {
@@ -183,10 +186,14 @@ impl Pool {
     pub fn new(registry: Arc<Registry>, settings: Arc<Settings>) -> Arc<Self> {
         Arc::new(Self {
             registry,
-            settings,
             tenants: Mutex::default(),
             idle: Arc::default(),
             live: Arc::default(),
+            admission: Arc::new(Admission::new(
+                settings.max_sessions_per_tenant,
+                settings.max_sessions,
+            )),
+            settings,
         })
     }
 
@@ -202,7 +209,7 @@ impl Pool {
         let tenant = tenants.entry(id.clone()).or_insert_with(|| {
             Arc::new(Tenant {
                 id: id.clone(),
-                sessions: Arc::default(),
+                sessions: Arc::new(Sessions::new(id.as_str(), self.admission.clone())),
                 slot: Mutex::default(),
                 start: tokio::sync::Mutex::new(()),
                 init: Mutex::new(None),

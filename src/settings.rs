@@ -10,9 +10,6 @@ use crate::cli::{SandboxMode, ServeArgs};
 use crate::clients::Defaults;
 use crate::token::SessionTokens;
 
-/// Sessions kept per tenant at most; beyond it `initialize` gets 503.
-pub const MAX_SESSIONS_PER_TENANT: usize = 10_000;
-
 /// Everything the daemon needs, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -34,6 +31,10 @@ pub struct Settings {
     pub max_inflight_per_tenant: usize,
     /// Unused sessions are forgotten after this.
     pub session_ttl: Duration,
+    /// Sessions one tenant may have open (`--max-sessions-per-tenant`).
+    pub max_sessions_per_tenant: usize,
+    /// Sessions all tenants together may have open (`--max-sessions`).
+    pub max_sessions: usize,
     /// Drain deadline on SIGTERM.
     pub shutdown_grace: Duration,
     /// Time between SIGTERM (readiness 503) and the drain, serving as usual meanwhile.
@@ -175,6 +176,11 @@ impl Settings {
                 args.max_inflight_per_tenant as u64,
             )? as usize,
             session_ttl: Duration::from_secs(positive("session-ttl", args.session_ttl)?),
+            max_sessions_per_tenant: positive(
+                "max-sessions-per-tenant",
+                args.max_sessions_per_tenant as u64,
+            )? as usize,
+            max_sessions: positive("max-sessions", args.max_sessions as u64)? as usize,
             shutdown_grace: seconds("shutdown-grace", args.shutdown_grace)?,
             shutdown_delay: seconds("shutdown-delay", args.shutdown_delay)?,
             max_children: positive("max-children", args.max_children as u64)? as usize,

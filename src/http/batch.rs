@@ -37,15 +37,15 @@ pub(super) async fn serve(
         Ok(elements) => elements,
         Err(e) => return rpc_error(StatusCode::BAD_REQUEST, e.code(), &e.to_string()),
     };
-    let session = match session_of(app, ctx, headers).await {
-        Ok(session) => session,
+    let in_use = match session_of(app, ctx, headers).await {
+        Ok(in_use) => in_use,
         Err(response) => return response,
     };
+    let session = in_use.session().clone();
     if !session.revision.has_batches() {
         let e = BatchError::NotThisRevision(session.protocol_version.clone());
         return rpc_error(StatusCode::BAD_REQUEST, e.code(), &e.to_string());
     }
-    session.touch();
     let mut responses = Vec::new();
     for element in elements {
         let (range, kind) = match element {

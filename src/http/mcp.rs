@@ -28,9 +28,9 @@ use crate::mcp::envelope::{
     self, Envelope, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, Kind, span_of, splice,
 };
 use crate::mcp::relay::Relay;
-use crate::mcp::session::{Session, new_session_id};
+use crate::mcp::admission::{Cap, Full, InUse, Use};
+use crate::mcp::session::{InsertError, Session, new_session_id};
 use crate::mcp::version::{self, Revision};
-use crate::settings::MAX_SESSIONS_PER_TENANT;
 use crate::token::{EndMark, IssueError};
 
 /// The session header.
@@ -49,11 +49,11 @@ pub(super) async fn post(post: &Post<'_>) -> Response<Body> {
         return initialize(post).await;
     }
     let ctx = post.ctx;
-    let session = match session_of(post.app, ctx, post.headers).await {
-        Ok(session) => session,
+    let in_use = match session_of(post.app, ctx, post.headers).await {
+        Ok(in_use) => in_use,
         Err(response) => return response,
     };
-    session.touch();
+    let session = in_use.session().clone();
     match env.kind {
         Kind::Request => {
             let era = SessionEra {
@@ -131,19 +131,44 @@ fn session_id(headers: &HeaderMap) -> Result<&str, Response<Body>> {
         })
 }
 
-/// The request's session: known here, or resumed from its signed id (see `resume`).
+/// The 503 at a session cap when every session under it is in use.
+pub(super) fn sessions_full(full: Full) -> Response<Body> {
+    let message = match full.cap {
+        Cap::Tenant => format!(
+            "This client has {} sessions open, each with an open stream or a request in flight; end one with DELETE or retry later.",
+            full.max
+        ),
+        Cap::Global => "The server has its maximum number of sessions open, each with an open stream or a request in flight; retry later.".to_string(),
+    };
+    ApiError::unavailable("TOO_MANY_SESSIONS", message, full.retry_after).into_response()
+}
+
+/// The answer when a session could not be added.
+pub(super) fn not_inserted(e: InsertError) -> Response<Body> {
+    match e {
+        InsertError::Full(full) => sessions_full(full),
+        InsertError::Ended => session_not_found(),
+    }
+}
+
+/// The request's session, in use until the answer is produced: known here, or resumed
+/// from its signed id (see `resume`). A session that has just ended (evicted, expired,
+/// deleted) is unknown: 404.
 pub(super) async fn session_of(
     app: &Arc<App>,
     ctx: &Ctx,
     headers: &HeaderMap,
-) -> Result<Arc<Session>, Response<Body>> {
+) -> Result<InUse, Response<Body>> {
     let id = session_id(headers)?;
-    let session = match ctx.tenant.sessions.get(id) {
+    let sessions = &ctx.tenant.sessions;
+    let session = match sessions.get(id) {
         Some(session) if session.signed_expired() => {
-            ctx.tenant.sessions.remove(id); // its absolute expiry ends it on every node
+            sessions.remove(id); // its absolute expiry ends it on every node
             return Err(session_not_found());
         }
-        Some(session) => session,
+        Some(session) => sessions
+            .enter(&session, Use::Call)
+            .ok_or_else(session_not_found)?,
         None => super::resume::resume(app, ctx, id).await?,
     };
     // Any supported revision may be named (TS clients send their oldest); it need not be
@@ -211,20 +236,12 @@ async fn initialize(post: &Post<'_>) -> Response<Body> {
             );
         }
     };
-    let inserted = ctx.tenant.sessions.insert(
-        session_id.clone(),
-        version.clone(),
-        caps,
-        MAX_SESSIONS_PER_TENANT,
-    );
-    let Some(session) = inserted else {
-        return ApiError::unavailable(
-            "TOO_MANY_SESSIONS",
-            "This client has too many open sessions; end some with DELETE.",
-            5,
-        )
-        .into_response();
+    let inserted = (ctx.tenant.sessions).insert(session_id.clone(), version.clone(), caps);
+    let in_use = match inserted {
+        Ok(in_use) => in_use,
+        Err(e) => return not_inserted(e),
     };
+    let session = in_use.session();
     if let Some(mark) = mark {
         session.mark_signed(|| mark);
     }
@@ -232,7 +249,7 @@ async fn initialize(post: &Post<'_>) -> Response<Body> {
     let mut message = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":"#).into_bytes();
     message.extend_from_slice(&result);
     message.push(b'}');
-    let to = replying(app, ctx, &session);
+    let to = replying(app, ctx, session);
     let mut response = single(message.into(), post.accept, &to);
     if let Ok(value) = HeaderValue::from_str(&session_id) {
         response.headers_mut().insert(SESSION_HEADER, value);
@@ -345,11 +362,11 @@ pub(super) async fn get(app: &Arc<App>, ctx: Ctx, headers: &HeaderMap) -> Respon
             "Accept must allow text/event-stream",
         );
     }
-    let session = match session_of(app, &ctx, headers).await {
-        Ok(session) => session,
+    let in_use = match session_of(app, &ctx, headers).await {
+        Ok(in_use) => in_use,
         Err(response) => return response,
     };
-    session.touch();
+    let session = in_use.session();
     let last_event_id = match headers.get(LAST_EVENT_ID_HEADER).map(|v| v.to_str()) {
         None => None,
         Some(Ok(text)) => Some(text),
@@ -358,7 +375,7 @@ pub(super) async fn get(app: &Arc<App>, ctx: Ctx, headers: &HeaderMap) -> Respon
             return rpc_error(StatusCode::BAD_REQUEST, INVALID_REQUEST, msg);
         }
     };
-    let attached = match ctx.tenant.sessions.connect(&session, last_event_id) {
+    let attached = match ctx.tenant.sessions.connect(session, last_event_id) {
         Ok(attached) => attached,
         // Unknown or expired ids are refused rather than answered with a silent gap.
         Err(e) => return rpc_error(StatusCode::BAD_REQUEST, INVALID_REQUEST, &e.to_string()),
@@ -380,10 +397,10 @@ pub(super) async fn delete(app: &Arc<App>, ctx: Ctx, headers: &HeaderMap) -> Res
             session_not_found()
         };
     }
-    let session = match session_of(app, &ctx, headers).await {
-        Ok(session) => session,
+    let in_use = match session_of(app, &ctx, headers).await {
+        Ok(in_use) => in_use,
         Err(response) => return response,
     };
-    ctx.tenant.sessions.remove(&session.id);
+    ctx.tenant.sessions.remove(&in_use.session().id);
     empty(StatusCode::NO_CONTENT)
 }

@@ -20,6 +20,7 @@ use tracing::debug;
 
 use super::body::{Body, SseBody};
 use super::exchange::{Sink, pump, sse_response};
+use crate::mcp::admission::{InUse, Use};
 use crate::mcp::call::Call;
 use crate::mcp::session::{Attached, Session, Sessions};
 
@@ -54,10 +55,12 @@ impl Replying {
         let (number, attached) = self.sessions.open_reply(&self.session);
         self.session.record(number, &first);
         let connected = self.session.watch_connected(number);
+        let in_use = self.sessions.enter(&self.session, Use::Call);
         let sink = Resumable {
             to: self,
             number,
             connected,
+            _in_use: in_use,
         };
         // Owned by the reply stream: ends at the final message, or once no connection has
         // been attached for the resume grace; dropping the call then cancels it at the child.
@@ -83,6 +86,8 @@ struct Resumable {
     to: Replying,
     number: u64,
     connected: Option<watch::Receiver<bool>>,
+    /// The call is in flight until the pump ends, attached or not: the session is in use.
+    _in_use: Option<InUse>,
 }
 
 impl Sink for Resumable {

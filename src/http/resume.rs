@@ -15,18 +15,17 @@ use tracing::{debug, info};
 
 use super::App;
 use super::body::Body;
-use super::error::ApiError;
 use super::exchange::{Ctx, start_failed};
-use super::mcp::{caps_of, session_not_found};
+use super::mcp::{caps_of, not_inserted, session_not_found};
+use crate::mcp::admission::InUse;
 use crate::mcp::session::Session;
-use crate::settings::MAX_SESSIONS_PER_TENANT;
 
 /// The session `id` names, re-created here; `Err` is the response (404 for every bad id).
 pub(super) async fn resume(
     app: &Arc<App>,
     ctx: &Ctx,
     id: &str,
-) -> Result<Arc<Session>, Response<Body>> {
+) -> Result<InUse, Response<Body>> {
     let Some(tokens) = &app.settings.session_tokens else {
         return Err(session_not_found());
     };
@@ -43,27 +42,16 @@ pub(super) async fn resume(
         .await
         .map_err(|e| start_failed("null", e))?;
     let caps = caps_of(&claims.params, &claims.version);
-    let inserted = ctx.tenant.sessions.insert(
-        id.into(),
-        claims.version.clone(),
-        caps,
-        MAX_SESSIONS_PER_TENANT,
-    );
-    let Some(session) = inserted else {
-        return Err(ApiError::unavailable(
-            "TOO_MANY_SESSIONS",
-            "This client has too many open sessions; end some with DELETE.",
-            5,
-        )
-        .into_response());
-    };
+    let inserted = (ctx.tenant.sessions).insert(id.into(), claims.version.clone(), caps);
+    let in_use = inserted.map_err(not_inserted)?;
+    let session = in_use.session();
     // A concurrent request may have resumed it first: only the first mark counts.
     if session.mark_signed(|| tokens.mark(&claims)) {
-        announce_lists(&session, &cache.result);
+        announce_lists(session, &cache.result);
         crate::metrics::session_resumed(ctx.tenant.id.as_str());
         info!(client_id = %ctx.tenant.id, version = %claims.version, "session resumed from its signed id");
     }
-    Ok(session)
+    Ok(in_use)
 }
 
 /// DELETE of a signed id this node does not hold: nothing to end here but the id itself,

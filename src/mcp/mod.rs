@@ -15,6 +15,7 @@
 //! the request they belong to, notifications on the GET stream, resource updates only to
 //! subscribers and log messages by each session's own level ([`interest`], [`control`]).
 
+pub mod admission;
 pub mod batch;
 pub mod call;
 pub mod caps;

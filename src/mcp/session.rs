@@ -9,7 +9,10 @@
 //! open they wait in that stream's bounded replay buffer and are sent when one opens (a
 //! fresh GET gets what was never sent; a GET with `Last-Event-ID` resumes exactly).
 //!
-//! Lock order: the session map, then [`Interest`], then one session's streams.
+//! Lock order: the session map, then [`Interest`], then one session's streams. The seats of
+//! [`admission`] are never taken while the map is held.
+//!
+//! [`admission`]: super::admission
 //!
 //! [`stream`]: super::stream
 
@@ -20,8 +23,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
+use tracing::info;
 
+use super::admission::{Admission, Full, InUse, Seat, TenantSeats, Use};
 use super::caps::ClientCaps;
 use super::interest::{Interest, Level};
 use super::listen::{self, Honored, Listens};
@@ -44,7 +48,8 @@ pub struct Session {
     /// What this caller can answer.
     pub caps: ClientCaps,
     streams: Mutex<Streams>,
-    last_seen: Mutex<Instant>,
+    /// Its seat under the session caps (see [`super::admission`]).
+    pub(super) seat: Mutex<Seat>,
     /// For a signed id: records its end on this node when taken or dropped.
     signed: Mutex<Option<EndMark>>,
 }
@@ -63,11 +68,6 @@ impl Session {
     /// True when the session's signed id is past its absolute expiry.
     pub fn signed_expired(&self) -> bool {
         lock(&self.signed).as_ref().is_some_and(EndMark::is_expired)
-    }
-
-    /// Records use, postponing expiry.
-    pub fn touch(&self) {
-        *lock(&self.last_seen) = Instant::now();
     }
 
     /// Sends a message on the session's GET stream (buffered while no GET is open); true
@@ -110,7 +110,12 @@ impl Session {
 /// All sessions of one tenant, and what they asked to hear from its child.
 #[derive(Debug)]
 pub struct Sessions {
+    /// The tenant's id, for logs and metrics.
+    tenant: Arc<str>,
     map: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    /// The caps, shared by every tenant, and this tenant's seats under them.
+    admission: Arc<Admission>,
+    seats: Mutex<TenantSeats>,
     open_streams: AtomicUsize,
     interest: Mutex<Interest>,
     /// Held while the child is brought in line with [`Interest`], so that deciding what
@@ -125,9 +130,39 @@ pub struct Sessions {
 }
 
 impl Default for Sessions {
+    /// A tenant `-` under caps of its own (tests, benchmarks).
     fn default() -> Self {
+        Self::new("-", Arc::default())
+    }
+}
+
+/// Why no session was added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertError {
+    /// At a cap, with every session in use.
+    Full(Full),
+    /// The id names a session that has just ended (a resumption raced its end): 404.
+    Ended,
+}
+
+impl Drop for Sessions {
+    fn drop(&mut self) {
+        // Seats are daemon-wide: a tenant that goes gives its own back.
+        let sessions: Vec<_> = lock(&self.map).drain().map(|(_, s)| s).collect();
+        for session in sessions {
+            self.admission.release(self, &session);
+        }
+    }
+}
+
+impl Sessions {
+    /// The sessions of tenant `tenant`, under the caps of `admission`.
+    pub fn new(tenant: &str, admission: Arc<Admission>) -> Self {
         Self {
+            tenant: tenant.into(),
             map: Mutex::default(),
+            admission,
+            seats: Mutex::default(),
             open_streams: AtomicUsize::new(0),
             interest: Mutex::default(),
             control: tokio::sync::Mutex::new(()),
@@ -146,21 +181,25 @@ pub fn new_session_id() -> Result<Arc<str>, getrandom::Error> {
 }
 
 impl Sessions {
-    /// Adds a session, or returns the one already under `id` (two requests resuming one
-    /// signed id at once); `None` when the tenant already has `max` sessions.
+    pub(super) fn admission(&self) -> &Arc<Admission> {
+        &self.admission
+    }
+
+    pub(super) fn seats(&self) -> MutexGuard<'_, TenantSeats> {
+        lock(&self.seats)
+    }
+
+    /// Adds a session, in use by the caller, or returns the one already under `id` (two
+    /// requests resuming one signed id at once). At a cap the least recently used idle
+    /// session is ended to make room; with none idle, [`InsertError::Full`].
     pub fn insert(
-        &self,
+        self: &Arc<Self>,
         id: Arc<str>,
         protocol_version: String,
         caps: ClientCaps,
-        max: usize,
-    ) -> Option<Arc<Session>> {
-        let mut map = lock(&self.map);
-        if let Some(existing) = map.get(&id) {
-            return Some(existing.clone());
-        }
-        if map.len() >= max {
-            return None;
+    ) -> Result<InUse, InsertError> {
+        if let Some(existing) = self.get(&id) {
+            return self.enter(&existing, Use::Call).ok_or(InsertError::Ended);
         }
         let revision = Revision::parse(&protocol_version).unwrap_or(Revision::R2024_11_05);
         let session = Arc::new(Session {
@@ -169,11 +208,46 @@ impl Sessions {
             protocol_version,
             caps,
             streams: Mutex::default(),
-            last_seen: Mutex::new(Instant::now()),
+            seat: Mutex::default(),
             signed: Mutex::default(),
         });
-        map.insert(id, session.clone());
-        Some(session)
+        let evicted = self.admission.admit(self, &session).map_err(|full| {
+            crate::metrics::session_refused(&self.tenant, full.cap.label());
+            InsertError::Full(full)
+        })?;
+        if let Some(evicted) = evicted {
+            let owner = evicted.owner.as_deref();
+            let evicted_tenant = owner.map_or("-", |o| &*o.tenant);
+            crate::metrics::session_evicted(evicted_tenant, evicted.cap.label());
+            info!(client_id = %self.tenant, evicted_client_id = %evicted_tenant, cap = evicted.cap.label(), "session cap reached; the least recently used idle session was ended");
+            if let Some(owner) = owner {
+                owner.end(&evicted.session);
+            }
+        }
+        let in_use = InUse::new(self.clone(), session.clone(), Use::Call, true);
+        let mut map = lock(&self.map);
+        if let Some(existing) = map.get(&id).cloned() {
+            drop(map);
+            self.admission.release(self, &session);
+            drop(in_use);
+            return self.enter(&existing, Use::Call).ok_or(InsertError::Ended);
+        }
+        map.insert(id, session);
+        Ok(in_use)
+    }
+
+    /// Marks `session` in use for as long as the answer lives; `None` once it has ended
+    /// (evicted, expired or deleted: the request gets 404).
+    pub fn enter(self: &Arc<Self>, session: &Arc<Session>, kind: Use) -> Option<InUse> {
+        let counted = self.admission.enter(self, session, kind);
+        counted.then(|| InUse::new(self.clone(), session.clone(), kind, true))
+    }
+
+    /// As [`Sessions::enter`] for an open stream, which keeps its connection even when the
+    /// session has just ended (it is closed as the session ends).
+    fn hold_stream(self: &Arc<Self>, session: &Arc<Session>) -> InUse {
+        let counted = self.admission.enter(self, session, Use::Stream);
+        InUse::new(self.clone(), session.clone(), Use::Stream, counted)
     }
 
     /// The live session with this id.
@@ -184,12 +258,24 @@ impl Sessions {
     /// Ends a session (its streams close, its subscriptions and level go); false when it
     /// did not exist.
     pub fn remove(&self, id: &str) -> bool {
-        let removed = lock(&self.map).remove(id);
-        if let Some(session) = &removed {
+        self.get(id).is_some_and(|session| self.end(&session))
+    }
+
+    /// The one way a session ends (DELETE, idle expiry, eviction at a cap, its signed id's
+    /// expiry): seat given back, out of the map, streams closed, its signed id recorded as
+    /// ended. False when it had ended already.
+    fn end(&self, session: &Arc<Session>) -> bool {
+        self.admission.release(self, session);
+        let removed = {
+            let mut map = lock(&self.map);
+            let same = map.get(&session.id).is_some_and(|s| Arc::ptr_eq(s, session));
+            same && map.remove(&session.id).is_some()
+        };
+        if removed {
             lock(&session.streams).close_all();
             self.ended(session);
         }
-        removed.is_some()
+        removed
     }
 
     fn ended(&self, session: &Session) {
@@ -233,6 +319,7 @@ impl Sessions {
     pub fn clear(&self) {
         let drained: Vec<_> = lock(&self.map).drain().collect();
         for (_, session) in drained {
+            self.admission.release(self, &session);
             lock(&session.streams).close_get();
             self.ended(&session);
         }
@@ -304,25 +391,11 @@ impl Sessions {
             .collect()
     }
 
-    /// Forgets sessions unused for `ttl` and without an open connection; returns how many.
+    /// Forgets sessions idle (no open connection, nothing in flight) for `ttl`; returns how
+    /// many.
     pub fn expire(&self, ttl: Duration) -> usize {
-        let now = Instant::now();
-        let expired: Vec<Arc<Session>> = {
-            let mut map = lock(&self.map);
-            let ids: Vec<Arc<str>> = map
-                .values()
-                .filter(|s| {
-                    !lock(&s.streams).any_live() && now.duration_since(*lock(&s.last_seen)) >= ttl
-                })
-                .map(|s| s.id.clone())
-                .collect();
-            ids.iter().filter_map(|id| map.remove(id)).collect()
-        };
-        for session in &expired {
-            lock(&session.streams).close_all();
-            self.ended(session);
-        }
-        expired.len()
+        let expired = self.admission.expired(self, ttl);
+        expired.iter().filter(|session| self.end(session)).count()
     }
 
     /// Opens a reply stream for a POST answered with SSE, with its connection attached.
@@ -362,6 +435,7 @@ impl Sessions {
             session: session.clone(),
             number,
             tag: connection.tag,
+            _in_use: self.hold_stream(session),
         };
         Attached {
             rx: connection.rx,
@@ -427,13 +501,14 @@ pub struct StreamGuard {
     session: Arc<Session>,
     number: u64,
     tag: u64,
+    /// Keeps the session from being evicted or expiring while the connection is open.
+    _in_use: InUse,
 }
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         // Only our own connection: a newer one may have replaced it.
         lock(&self.session.streams).disconnect(self.number, self.tag);
-        self.session.touch();
         self.sessions.open_streams.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -446,8 +521,8 @@ mod tests {
         let sessions = Arc::new(Sessions::default());
         let caps = ClientCaps::default();
         let add = |id: &str| {
-            let added = sessions.insert(id.into(), "2025-11-25".into(), caps, 10);
-            added.unwrap()
+            let added = sessions.insert(id.into(), "2025-11-25".into(), caps);
+            added.unwrap().session().clone()
         };
         let (a, b) = (add("a"), add("b"));
         (sessions, a, b)
@@ -480,11 +555,15 @@ mod tests {
         let sessions = Arc::new(Sessions::default());
         let caps = ClientCaps::default();
         let old = sessions
-            .insert("old".into(), "2025-03-26".into(), caps, 10)
-            .unwrap();
+            .insert("old".into(), "2025-03-26".into(), caps)
+            .unwrap()
+            .session()
+            .clone();
         let new = sessions
-            .insert("new".into(), "2025-11-25".into(), caps, 10)
-            .unwrap();
+            .insert("new".into(), "2025-11-25".into(), caps)
+            .unwrap()
+            .session()
+            .clone();
         let mut ro = sessions.connect(&old, None).unwrap();
         let mut rn = sessions.connect(&new, None).unwrap();
         assert_eq!(sessions.notify_all("notifications/tasks/status", b"{}"), 1);
