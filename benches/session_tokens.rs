@@ -49,7 +49,11 @@ fn held_sessions(tokens: &SessionTokens) -> (Arc<Sessions>, String) {
     for _ in 0..HELD {
         let (id, mark) = tokens.issue("acme", "2025-11-25", PARAMS).unwrap();
         let in_use = sessions
-            .insert(id.as_str().into(), "2025-11-25".into(), ClientCaps::default())
+            .insert(
+                id.as_str().into(),
+                "2025-11-25".into(),
+                ClientCaps::default(),
+            )
             .unwrap();
         in_use.session().mark_signed(|| mark);
         last = id;

@@ -319,12 +319,18 @@ pub fn limits(max_children: usize, max_sessions_per_tenant: usize, max_sessions:
 
 /// An idle session of `client_id` was ended to make room at `cap` (`tenant`, `global`).
 pub fn session_evicted(client_id: &str, cap: &'static str) {
-    let labels = [("client_id", client_id.to_string()), ("cap", cap.to_string())];
+    let labels = [
+        ("client_id", client_id.to_string()),
+        ("cap", cap.to_string()),
+    ];
     counter!("mcpmux_sessions_evicted_total", &labels).increment(1);
 }
 
 /// A new session of `client_id` was refused at `cap`: every session under it was in use.
 pub fn session_refused(client_id: &str, cap: &'static str) {
-    let labels = [("client_id", client_id.to_string()), ("cap", cap.to_string())];
+    let labels = [
+        ("client_id", client_id.to_string()),
+        ("cap", cap.to_string()),
+    ];
     counter!("mcpmux_sessions_refused_total", &labels).increment(1);
 }

@@ -21,6 +21,7 @@ use super::body::Body;
 use super::error::{ApiError, empty, json_response, rpc_error};
 use super::exchange::{self, Accept, Ctx, Era, Post, start_failed};
 use super::reply::{self, Replying};
+use crate::mcp::admission::{Cap, Full, InUse, Use};
 use crate::mcp::call::Call;
 use crate::mcp::caps::ClientCaps;
 use crate::mcp::control;
@@ -28,7 +29,6 @@ use crate::mcp::envelope::{
     self, Envelope, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, Kind, span_of, splice,
 };
 use crate::mcp::relay::Relay;
-use crate::mcp::admission::{Cap, Full, InUse, Use};
 use crate::mcp::session::{InsertError, Session, new_session_id};
 use crate::mcp::version::{self, Revision};
 use crate::token::{EndMark, IssueError};

@@ -21,11 +21,7 @@ use crate::mcp::admission::InUse;
 use crate::mcp::session::Session;
 
 /// The session `id` names, re-created here; `Err` is the response (404 for every bad id).
-pub(super) async fn resume(
-    app: &Arc<App>,
-    ctx: &Ctx,
-    id: &str,
-) -> Result<InUse, Response<Body>> {
+pub(super) async fn resume(app: &Arc<App>, ctx: &Ctx, id: &str) -> Result<InUse, Response<Body>> {
     let Some(tokens) = &app.settings.session_tokens else {
         return Err(session_not_found());
     };

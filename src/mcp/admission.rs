@@ -145,7 +145,12 @@ pub struct InUse {
 }
 
 impl InUse {
-    pub(super) fn new(owner: Arc<Sessions>, session: Arc<Session>, kind: Use, counted: bool) -> Self {
+    pub(super) fn new(
+        owner: Arc<Sessions>,
+        session: Arc<Session>,
+        kind: Use,
+        counted: bool,
+    ) -> Self {
         Self {
             owner,
             session,
@@ -462,7 +467,10 @@ mod tests {
         assert!(acme.get("a1").is_none(), "acme's a1 made room for bravo");
         add_idle(&acme, "a3");
         assert!(bravo.get("b1").is_none(), "then bravo's b1 for acme");
-        assert!(bravo.enter(&b1, Use::Call).is_none(), "an evicted session stays ended");
+        assert!(
+            bravo.enter(&b1, Use::Call).is_none(),
+            "an evicted session stays ended"
+        );
         assert_eq!((acme.len(), bravo.len(), admission.seated()), (2, 1, 3));
         let _b2 = bravo.enter(&bravo.get("b2").unwrap(), Use::Call).unwrap();
         let _a3 = acme.enter(&acme.get("a3").unwrap(), Use::Call).unwrap();

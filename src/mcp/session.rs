@@ -268,7 +268,9 @@ impl Sessions {
         self.admission.release(self, session);
         let removed = {
             let mut map = lock(&self.map);
-            let same = map.get(&session.id).is_some_and(|s| Arc::ptr_eq(s, session));
+            let same = map
+                .get(&session.id)
+                .is_some_and(|s| Arc::ptr_eq(s, session));
             same && map.remove(&session.id).is_some()
         };
         if removed {

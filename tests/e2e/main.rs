@@ -28,6 +28,7 @@ mod request_logs;
 mod rounds;
 mod sandbox;
 mod scaleout;
+mod session_caps;
 mod session_era;
 mod signed_sessions;
 mod smoke;
