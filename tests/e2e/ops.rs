@@ -438,10 +438,16 @@ async fn bad_flags_and_settings_exit_64_before_binding_anything() {
         "--clients",
         dir,
     ];
-    let cases: [BadSetting<'_>; 10] = [
+    let cases: [BadSetting<'_>; 12] = [
         (&["--idle-ttl", "0"], &[], "idle-ttl"),
         (&[], &[("MCPMUX_IDLE_TTL", "0")], "idle-ttl"),
         (&["--max-children", "0"], &[], "max-children"),
+        (&["--max-sessions", "0"], &[], "max-sessions"),
+        (
+            &[],
+            &[("MCPMUX_MAX_SESSIONS_PER_TENANT", "0")],
+            "max-sessions-per-tenant",
+        ),
         (
             &["--max-inflight-per-tenant", "0"],
             &[],
