@@ -12,7 +12,7 @@ MODE is the SDK's connect mode: `legacy` (initialize, the default here), `auto` 
 default: server/discover, then 2026-07-28 for the whole connection) or `2026-07-28`.
 
 Scenarios (server-everything as the child unless noted):
-  progress     tools/list, then trigger-long-running-operation with a progress callback;
+  progress     (every mode) tools/list, then trigger-long-running-operation with a progress callback;
                summary `events`: ["progress", p, total] ... then ["result", text], in arrival order.
   sampling     trigger-sampling-request; the sampling callback answers SAMPLED_TEXT.
   elicitation  trigger-elicitation-request; the elicitation callback accepts ELICITED_CONTENT.
@@ -29,7 +29,8 @@ Scenarios (server-everything as the child unless noted):
                `notify` tool; summary `honored` and the first `event`.
   ping         ping the child.
   answer-ping  (fake child) call its `ask` tool with method ping: the child pings this client.
-  cancel       start trigger-long-running-operation, cancel it after its first progress, then
+  cancel       (every mode; at 2026-07-28 the SDK aborts the POST) start
+               trigger-long-running-operation, cancel it after its first progress, then
                call echo: summary `completed` says whether the cancelled call returned anyway.
 """
 

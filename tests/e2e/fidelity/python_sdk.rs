@@ -2,6 +2,7 @@
 //! caller, server-everything as the child.
 
 use std::process::Stdio;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::process::Command;
@@ -17,6 +18,8 @@ use crate::util::{ChildLog, Daemon, repo_root};
 /// The SDK's connect modes: `initialize`, its default (discover, then 2026-07-28 for the whole
 /// connection), and 2026-07-28 outright.
 const MODES: [&str; 3] = ["legacy", "auto", "2026-07-28"];
+/// Bound for a cancellation to reach the child after the caller cancelled or went away.
+const CANCEL_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs `fidelity_client.py <url> --client-id <id> --scenario <scenario>`; returns its summary.
 async fn python_scenario(daemon: &Daemon, client_id: &str, scenario: &str) -> Value {
@@ -77,10 +80,17 @@ async fn python_scenario_in(
 
 #[tokio::test]
 async fn python_sdk_lists_tools_and_gets_a_long_tools_progress_before_its_result() {
+    // In auto and 2026-07-28 mode the progress arrives on the stateless call's own SSE reply.
+    for mode in MODES {
+        progress_in(mode).await;
+    }
+}
+
+async fn progress_in(mode: &str) {
     let (tap, fake) = (ChildLog::new(), ChildLog::new());
     let (_clients, daemon) = interop_daemon(&tap, &fake).await;
 
-    let summary = python_scenario(&daemon, "everything", "progress").await;
+    let summary = python_scenario_in(&daemon, "everything", "progress", mode, &[]).await;
 
     let tools = summary["tools"].as_array().unwrap();
     for tool in [
@@ -90,8 +100,8 @@ async fn python_sdk_lists_tools_and_gets_a_long_tools_progress_before_its_result
     ] {
         assert!(
             tools.iter().any(|t| t == tool),
-            "tools/list must carry {tool} (the sampling tool exists only because the child was \
-             initialized with this caller's capabilities): {summary:#}"
+            "mode {mode}: tools/list must carry {tool} (the sampling tool exists only because the \
+             child was initialized with sampling declared): {summary:#}"
         );
     }
     let done = "Long running operation completed. Duration: 2 seconds, Steps: 4.";
@@ -104,12 +114,14 @@ async fn python_sdk_lists_tools_and_gets_a_long_tools_progress_before_its_result
             ["progress", 4.0, 4.0],
             ["result", [done]]
         ]),
-        "every progress notification must reach the caller's callback before the result: {summary:#}"
+        "mode {mode}: every progress notification must reach the caller's callback before the \
+         result: {summary:#}"
     );
     let call = only_call(&tap, "trigger-long-running-operation");
     assert_eq!(
         call["params"]["_meta"]["progressToken"], call["id"],
-        "the child must see mcpmux's own token (its child-side id), not the caller's: {call}"
+        "mode {mode}: the child must see mcpmux's own token (its child-side id), not the \
+         caller's: {call}"
     );
 }
 
@@ -366,26 +378,66 @@ async fn python_sdk_pings_the_child_and_answers_the_childs_ping() {
 
 #[tokio::test]
 async fn python_sdk_cancelling_a_running_tool_cancels_it_at_the_child_once() {
+    // Session era: the SDK sends notifications/cancelled. 2026-07-28 (auto included): the SDK
+    // aborts the call's POST and mcpmux, seeing the caller gone, cancels at the child.
+    for mode in MODES {
+        cancel_in(mode).await;
+    }
+}
+
+async fn cancel_in(mode: &str) {
     let (tap, fake) = (ChildLog::new(), ChildLog::new());
     let (_clients, daemon) = interop_daemon(&tap, &fake).await;
 
-    let summary = python_scenario(&daemon, "everything", "cancel").await;
+    let summary = python_scenario_in(&daemon, "everything", "cancel", mode, &[]).await;
 
     assert_eq!(
         summary["completed"], false,
-        "the call was cancelled: {summary:#}"
+        "mode {mode}: the call was cancelled: {summary:#}"
+    );
+    assert_eq!(
+        summary["progress"][0],
+        json!([1.0, 600.0]),
+        "mode {mode}: the call's first progress reached the callback before the cancel: {summary:#}"
     );
     assert_eq!(
         summary["after"]["text"],
         json!(["Echo: after cancel"]),
-        "{summary:#}"
+        "mode {mode}: {summary:#}"
     );
     let call = only_call(&tap, "trigger-long-running-operation");
-    let (mine, all) = cancellations_of(&tap, &call["id"]);
-    assert_eq!(
-        (mine, all.len()),
-        (1, 1),
-        "the child must get one notifications/cancelled, for the call's child-side id {}: {all:#?}",
+    let contract = format!(
+        "mode {mode}: the child must get notifications/cancelled for the call's child-side id {}",
         call["id"]
     );
+    wait_for_cancellation(&tap, &call["id"], &contract).await;
+
+    // Another caller of the tenant is served by the same child, and the cancel was sent once.
+    let other = python_scenario_in(&daemon, "everything", "prompts", mode, &[]).await;
+    assert_eq!(
+        other["messages"],
+        json!(["What's weather in Lisbon, Lisboa?"]),
+        "mode {mode}: {other:#}"
+    );
+    let (mine, all) = cancellations_of(&tap, &call["id"]);
+    assert_eq!((mine, all.len()), (1, 1), "{contract}, once: {all:#?}");
+    let inits = tap.with_method("initialize");
+    assert_eq!(
+        inits.len(),
+        1,
+        "mode {mode}: the child must not have been replaced: {inits:#?}"
+    );
+}
+
+/// Polls `tap` until the child received a `notifications/cancelled` for `child_id`, bounded by
+/// [`CANCEL_WAIT`]: a caller gone is noticed when its connection closes.
+async fn wait_for_cancellation(tap: &ChildLog, child_id: &Value, contract: &str) {
+    let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
+    while cancellations_of(tap, child_id).0 == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{contract} within {CANCEL_WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
