@@ -109,6 +109,23 @@ impl Probe {
             .expect("daemon must answer a POST to /mcp")
     }
 
+    /// This POST as an `http::Request`, for a client other than reqwest (an HTTP/2 one).
+    pub(crate) fn request(
+        &self,
+        daemon: &Daemon,
+        client_id: &str,
+    ) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+        let mut req = http::Request::post(daemon.url())
+            .header("Accept", ACCEPT_BOTH)
+            .header("Content-Type", "application/json")
+            .header("X-Client-ID", client_id);
+        for (name, value) in &self.headers {
+            req = req.header(*name, value);
+        }
+        let body = http_body_util::Full::new(bytes::Bytes::from(self.body.to_string()));
+        req.body(body).expect("a probe's headers are valid")
+    }
+
     /// Sends, asserts 200 without a session id, and returns the response to this request.
     pub(crate) async fn answer(&self, daemon: &Daemon, client_id: &str) -> Value {
         let resp = self.send(daemon, client_id).await;
