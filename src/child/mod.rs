@@ -234,34 +234,93 @@ impl ChildHandle {
     }
 }
 
-/// Starts `spec`'s command as a new process group with the environment of DESIGN §2.
-/// Must be called inside a tokio runtime.
+/// Takes each stdout line of a child on its actor's task (see [`Unread::with_sink`]).
+pub type LineSink = Box<dyn FnMut(Bytes) + Send>;
+
+/// Starts `spec`'s command as a new process group with the environment of DESIGN §2;
+/// every stdout line and the exit arrive as events. Must be called inside a tokio runtime.
 pub fn spawn(
     spec: &ClientSpec,
     settings: &ChildSettings,
 ) -> Result<(ChildHandle, mpsc::Receiver<ChildEvent>), Error> {
+    let (handle, unread) = start(spec, settings)?;
+    Ok((handle, unread.events()))
+}
+
+/// Starts `spec`'s command like [`spawn`], with its stdout not read yet: the caller says
+/// where the lines go (the pipe holds them meanwhile). Must be called inside a runtime.
+pub fn start(spec: &ClientSpec, settings: &ChildSettings) -> Result<(ChildHandle, Unread), Error> {
     let started = spawn::start(spec, settings)?;
     let pid = started.pid;
     let sandbox = Arc::new(started.sandbox.clone());
     let shared = Arc::new(Shared::default());
     let (inbox_tx, inbox_rx) = mpsc::channel(STDIN_QUEUE_LEN);
-    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE_LEN);
-    task::spawn_actor(
-        started,
-        &spec.id,
-        settings,
-        shared.clone(),
-        inbox_rx,
-        events_tx,
-    );
     let handle = ChildHandle {
         pid,
         sandbox,
         inbox: inbox_tx,
         _stop_on_drop: Arc::new(StopOnDrop(shared.stop.clone())),
-        shared,
+        shared: shared.clone(),
     };
-    Ok((handle, events_rx))
+    let unread = Unread(Some(UnreadParts {
+        started,
+        id: spec.id.clone(),
+        settings: settings.clone(),
+        shared,
+        inbox: inbox_rx,
+    }));
+    Ok((handle, unread))
+}
+
+/// A started child whose actor has not begun: [`Unread::events`] or [`Unread::with_sink`]
+/// begins it. Dropped unused, it begins with lines discarded, so the child is still
+/// supervised and stops with its last handle.
+pub struct Unread(Option<UnreadParts>);
+
+struct UnreadParts {
+    started: spawn::Started,
+    id: crate::clients::ClientId,
+    settings: ChildSettings,
+    shared: Arc<Shared>,
+    inbox: mpsc::Receiver<Bytes>,
+}
+
+impl Unread {
+    /// Every stdout line as [`ChildEvent::Line`], then `Exited`.
+    pub fn events(mut self) -> mpsc::Receiver<ChildEvent> {
+        self.begin(task::Lines::Events, EVENT_QUEUE_LEN)
+    }
+
+    /// Every stdout line handed to `sink` on the actor's task as it is read, with no
+    /// hand-off to another task; the receiver gets only `Exited`, after the last line was
+    /// handed over. `sink` must not block.
+    pub fn with_sink(mut self, sink: LineSink) -> mpsc::Receiver<ChildEvent> {
+        self.begin(task::Lines::Sink(sink), 1)
+    }
+
+    fn begin(&mut self, lines: task::Lines, capacity: usize) -> mpsc::Receiver<ChildEvent> {
+        let (events_tx, events_rx) = mpsc::channel(capacity);
+        if let Some(parts) = self.0.take() {
+            task::spawn_actor(
+                parts.started,
+                &parts.id,
+                &parts.settings,
+                parts.shared,
+                parts.inbox,
+                lines,
+                events_tx,
+            );
+        }
+        events_rx
+    }
+}
+
+impl Drop for Unread {
+    fn drop(&mut self) {
+        if self.0.is_some() {
+            drop(self.begin(task::Lines::Sink(Box::new(drop)), 1));
+        }
+    }
 }
 
 /// Child settings for unit tests across the crate.
@@ -416,6 +475,31 @@ mod tests {
             handle.try_send(Bytes::from_static(b"x")),
             Err(Error::Gone)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_sink_gets_every_line_on_the_actor_and_exited_comes_after_the_last() {
+        let (handle, unread) =
+            start(&sh("echo one; echo two; echo three"), &settings(1000)).unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink_seen = seen.clone();
+        let mut rx = unread.with_sink(Box::new(move |line| sink_seen.lock().unwrap().push(line)));
+        let (lines, info) = until_exit(&mut rx).await;
+        assert!(lines.is_empty(), "lines go to the sink, not the channel");
+        assert_eq!(info.code, Some(0));
+        let got = seen.lock().unwrap().clone();
+        assert_eq!(got, ["one", "two", "three"].map(Bytes::from));
+        stopped(&handle).await;
+    }
+
+    #[tokio::test]
+    async fn an_unread_child_dropped_unused_is_still_stopped_with_its_handle() {
+        let (handle, unread) = start(&spec("sleep", &["300"]), &settings(100)).unwrap();
+        drop(unread);
+        let pid = handle.pid();
+        handle.stop();
+        stopped(&handle).await;
+        assert_group_gone(pid);
     }
 
     #[tokio::test]

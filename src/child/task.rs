@@ -63,6 +63,8 @@ pub(super) struct Actor {
     stdout: Option<FramedRead<ChildStdout, LineDecoder>>,
     /// A stdout line waiting for room in the event channel.
     pending: Option<Bytes>,
+    /// Where lines go: handed to a sink on this task, or queued as events.
+    lines: Lines,
     events: mpsc::Sender<ChildEvent>,
     /// The receiver is gone: stdout is still drained, lines are dropped.
     events_closed: bool,
@@ -81,6 +83,7 @@ pub(super) fn spawn_actor(
     settings: &ChildSettings,
     shared: Arc<Shared>,
     inbox: mpsc::Receiver<Bytes>,
+    lines: Lines,
     events: mpsc::Sender<ChildEvent>,
 ) {
     let Started {
@@ -104,6 +107,7 @@ pub(super) fn spawn_actor(
             LineDecoder::new(settings.max_line_bytes),
         )),
         pending: None,
+        lines,
         events,
         events_closed: false,
         shared,
@@ -199,8 +203,11 @@ impl Actor {
             // After an over-long line the child's output is not trusted: its in-flight
             // requests must fail (DESIGN §3, limits), not be answered by what follows.
             Some(Ok(Frame::Line(_))) if self.line_too_long() => {}
-            Some(Ok(Frame::Line(line))) if !self.events_closed => self.pending = Some(line),
-            Some(Ok(Frame::Line(_))) => {}
+            Some(Ok(Frame::Line(line))) => match &mut self.lines {
+                Lines::Sink(sink) => sink(line),
+                Lines::Events if !self.events_closed => self.pending = Some(line),
+                Lines::Events => {}
+            },
             Some(Ok(Frame::TooLong(_))) => self.on_line_too_long(),
             Some(Err(e)) => {
                 tracing::warn!(%e, "reading child stdout failed");
@@ -300,6 +307,15 @@ impl Actor {
             Ok(()) | Err(TrySendError::Closed(_)) => self.shared.done.cancel(),
         }
     }
+}
+
+/// Where a child's stdout lines go.
+pub(super) enum Lines {
+    /// Queued as [`ChildEvent::Line`]s, read by another task.
+    Events,
+    /// Handed to the sink as they are read, on the actor's own task: no hand-off per line.
+    /// The sink must not block; only `Exited` goes to the event channel then.
+    Sink(super::LineSink),
 }
 
 /// Hands the pending line to the event channel once it has room; true when the receiver

@@ -7,11 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
-
 use super::envelope::{self, INTERNAL_ERROR, span_of, splice};
 use super::relay::{REQUEST_TIMEOUT, Relay};
+use super::slot::{Answers, Next};
+use bytes::Bytes;
 
 /// What a pending call yields.
 #[derive(Debug)]
@@ -29,8 +28,7 @@ pub struct Call {
     relay: Arc<Relay>,
     child_id: u64,
     orig_id: Bytes,
-    related: mpsc::Receiver<Bytes>,
-    done: oneshot::Receiver<Bytes>,
+    answers: Answers,
     finished: bool,
     cancellable: bool,
     /// Resumed by a retry of an `input_required` round (see [`Call::resume`]).
@@ -45,16 +43,14 @@ impl Call {
         relay: Arc<Relay>,
         child_id: u64,
         orig_id: Bytes,
-        related: mpsc::Receiver<Bytes>,
-        done: oneshot::Receiver<Bytes>,
+        answers: Answers,
         guard: InflightGuard,
     ) -> Self {
         Self {
             relay,
             child_id,
             orig_id,
-            related,
-            done,
+            answers,
             finished: false,
             cancellable: true,
             resumed: false,
@@ -74,16 +70,19 @@ impl Call {
             return self.failure(INTERNAL_ERROR, "request already answered");
         }
         tokio::select! {
-            biased; // related messages precede the final one the child sent after them
-            Some(message) = self.related.recv() => CallEvent::Related(message),
-            done = &mut self.done => {
-                self.finished = true;
-                match done {
-                    Ok(bytes) => CallEvent::Final(self.labelled(bytes)),
-                    // Only `cancel_for_caller` drops a pending entry without answering it.
-                    Err(_) => CallEvent::Cancelled,
+            // Related messages come out before the final one the child sent after them.
+            next = self.answers.next() => match next {
+                Next::Related(message) => CallEvent::Related(message),
+                Next::Reply(bytes) => {
+                    self.finished = true;
+                    CallEvent::Final(self.labelled(bytes))
                 }
-            }
+                // Only `cancel_for_caller` drops a pending entry without answering it.
+                Next::Dropped => {
+                    self.finished = true;
+                    CallEvent::Cancelled
+                }
+            },
             () = tokio::time::sleep(timeout) => {
                 self.finished = true;
                 self.relay.abandon(self.child_id, self.cancellable, "request timed out");
@@ -133,7 +132,7 @@ impl Call {
 
     /// A related message already queued, without waiting.
     pub fn try_next(&mut self) -> Option<CallEvent> {
-        self.related.try_recv().ok().map(CallEvent::Related)
+        self.answers.try_related().map(CallEvent::Related)
     }
 
     /// The name under which the child's requests to this (stateless) call's caller are

@@ -28,6 +28,7 @@ pub mod relay;
 pub mod reverse;
 pub mod rounds;
 pub mod session;
+mod slot;
 pub mod stateless;
 pub mod stream;
 pub mod tasks;

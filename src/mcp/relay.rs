@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::json;
 use serde_json::value::RawValue;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -29,6 +29,7 @@ use super::exit;
 use super::interest::{self, Level, Told};
 use super::reverse::ReverseRequests;
 use super::session::{Session, Sessions};
+use super::slot::{self, Answer, Related};
 use super::tasks::{Reply, STATELESS_OWNER, TaskError};
 use crate::child::{ChildEvent, ChildHandle, ExitInfo, ExitReason};
 use crate::clients::{ClientId, Limits};
@@ -58,8 +59,8 @@ struct Pending {
     log_level: Option<Level>,
     /// When the request was handed to the child, in the order requests were.
     reached: u64,
-    related: mpsc::Sender<Bytes>,
-    done: oneshot::Sender<Bytes>,
+    /// The way back to the call: related messages, then the reply.
+    answer: Answer,
     /// How the response is rewritten for the caller (task ids).
     reply: Reply,
 }
@@ -446,8 +447,7 @@ impl Relay {
         reply: Reply,
     ) -> Result<Call, SendError> {
         let orig_id = caller.orig_id.clone();
-        let (related_tx, related) = mpsc::channel(RELATED_QUEUE);
-        let (done_tx, done) = oneshot::channel();
+        let (answer, answers) = slot::slot();
         let guard = InflightGuard::new(self.clone());
         {
             let mut pending = lock(&self.pending);
@@ -465,13 +465,12 @@ impl Relay {
                 // Stamped as it is queued for the child, under the lock: a request the child
                 // logged is always older than one that arrives after that.
                 reached: self.reached.fetch_add(1, Ordering::Relaxed),
-                related: related_tx,
-                done: done_tx,
+                answer,
                 reply,
             };
             pending.insert(child_id, entry);
         }
-        let call = Call::new(self.clone(), child_id, orig_id, related, done, guard);
+        let call = Call::new(self.clone(), child_id, orig_id, answers, guard);
         if let Err(e) = self.child.send(line).await {
             return Err(SendError::Gone(format!("{}: {e}", self.exit_message())));
         }
@@ -485,7 +484,8 @@ impl Relay {
         }
     }
 
-    fn on_line(&self, line: Bytes) {
+    /// Routes one line the child wrote (a response, notification or request of its own).
+    pub fn on_line(&self, line: Bytes) {
         let env = match envelope::parse(&line) {
             Ok(env) => env,
             Err(EnvelopeError::TooDeep) => return self.on_too_deep(&line),
@@ -519,7 +519,7 @@ impl Relay {
         );
         let id = String::from_utf8_lossy(&entry.orig_id);
         let error = envelope::error_response(&id, INTERNAL_ERROR, &message, None);
-        let _ = entry.done.send(error.into()); // the caller may have gone; nothing to do
+        entry.answer.finish(error.into()); // the caller may have gone; nothing to do
     }
 
     fn on_response(&self, line: &[u8], env: &Envelope<'_>) {
@@ -551,7 +551,7 @@ impl Relay {
         let owner = entry.session.as_deref().unwrap_or(STATELESS_OWNER);
         let restored =
             (self.sessions.tasks()).for_caller(entry.reply, owner, self.generation, restored);
-        let _ = entry.done.send(restored.into()); // the caller may have gone; nothing to do
+        entry.answer.finish(restored.into()); // the caller may have gone; nothing to do
     }
 
     fn on_notification(&self, line: &Bytes, env: &Envelope<'_>) {
@@ -613,7 +613,7 @@ impl Relay {
             return;
         };
         let out = Bytes::from(splice(line, &mut [(span, &orig[..])]));
-        if entry.related.try_send(out).is_err() {
+        if !entry.answer.offer(out) {
             debug!(client_id = %self.client_id, "progress dropped: caller is not keeping up");
         }
     }
@@ -679,7 +679,7 @@ impl Relay {
                 line,
                 &mut [(span.clone(), caller_id.to_string().as_bytes())],
             ));
-            if related.try_send(out).is_ok() {
+            if related.offer(out) {
                 return Some(owner);
             }
             self.reverse.forget(caller_id);
@@ -720,17 +720,17 @@ impl Relay {
         &self,
         can: impl Fn(&Session) -> bool,
         asks: impl Fn(&ClientCaps) -> bool,
-    ) -> Vec<(Arc<str>, mpsc::Sender<Bytes>)> {
-        let mut found: Vec<(u64, Arc<str>, mpsc::Sender<Bytes>)> = {
+    ) -> Vec<(Arc<str>, Related)> {
+        let mut found: Vec<(u64, Arc<str>, Related)> = {
             let pending = lock(&self.pending);
             pending
                 .iter()
                 .filter_map(|(id, p)| match (&p.session, p.asks) {
                     (Some(session), _) if p.streams => {
-                        Some((p.reached, session.clone(), p.related.clone()))
+                        Some((p.reached, session.clone(), p.answer.related()))
                     }
                     (None, Some(caps)) if asks(&caps) => {
-                        Some((p.reached, input_owner(*id), p.related.clone()))
+                        Some((p.reached, input_owner(*id), p.answer.related()))
                     }
                     _ => None,
                 })
@@ -762,9 +762,9 @@ impl Relay {
                 .filter(|p| p.streams)
                 .filter(|p| p.log_level.is_some_and(|min| level >= min))
                 .max_by_key(|p| p.reached)
-                .map(|p| p.related.clone())
+                .map(|p| p.answer.related())
         };
-        target.is_some_and(|related| related.try_send(line.clone()).is_ok())
+        target.is_some_and(|related| related.offer(line.clone()))
     }
 
     /// Points a pending request's answers at another caller id and progress token (a
@@ -850,7 +850,7 @@ impl Relay {
         for entry in drained {
             let id = String::from_utf8_lossy(&entry.orig_id).into_owned();
             let reply = envelope::error_response(&id, INTERNAL_ERROR, &message, Some(&data));
-            let _ = entry.done.send(reply.into());
+            entry.answer.finish(reply.into());
         }
         let _ = self.exit.set(info.clone());
         info
