@@ -39,7 +39,20 @@ const EX_USAGE: u8 = 64;
 
 /// Runs the daemon to completion.
 pub fn main(args: ServeArgs) -> ExitCode {
+    // Before any thread or child: no inherited descriptor may pass to a tenant's child.
+    let sealed = crate::child::inherited::seal_inherited_descriptors();
     crate::logging::init(args.log_format);
+    match sealed {
+        Ok(0) => {}
+        Ok(n) => info!(
+            descriptors = n,
+            "marked inherited descriptors close-on-exec, so no child gets them"
+        ),
+        Err(e) => {
+            error!("cannot mark inherited descriptors close-on-exec: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let settings = match Settings::from_args(&args) {
         Ok(settings) => Arc::new(settings),
         Err(e) => {

@@ -16,6 +16,7 @@
 //! `stderr`.
 
 mod framing;
+pub mod inherited;
 pub mod sandbox;
 mod spawn;
 pub mod state;

@@ -419,3 +419,60 @@ async fn a_child_cannot_read_the_session_key_file_even_inside_a_granted_tree() {
         got[1].0
     );
 }
+
+/// The paths `pid`'s open descriptors point at.
+fn open_paths(pid: u32) -> Vec<PathBuf> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_descriptor_the_daemon_inherited_never_reaches_a_child() {
+    let clients = TempClients::new();
+    clients.write("fds", &crate::util::fake_child_spec(&[]));
+    let held = tempfile::NamedTempFile::new().unwrap();
+    let held_path = held.path().canonicalize().unwrap();
+    // A parent that leaves a descriptor open without close-on-exec, as a shell or a
+    // supervisor's lock (flock(1)) does: fd 7, then exec the daemon.
+    let mut cmd = crate::util::isolated_command("sh");
+    cmd.arg("-c")
+        .arg(r#"exec 7<"$0"; exec "$@""#)
+        .arg(&held_path)
+        .arg(env!("CARGO_BIN_EXE_mcpmux"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--allow-open-tenants", "--clients"])
+        .arg(clients.path())
+        .arg("--state-dir")
+        .arg(clients.state_dir());
+    let daemon = Daemon::spawn_command(cmd).await;
+    assert!(
+        open_paths(daemon.pid()).contains(&held_path),
+        "the daemon itself must have inherited the descriptor (else this test proves nothing)"
+    );
+
+    let session = initialize(&daemon, "fds").await;
+    let child = crate::util::child_pid(&daemon, "fds", &session).await;
+    let leaked = open_paths(child);
+    assert!(
+        !leaked.contains(&held_path),
+        "the child must not get the daemon's inherited descriptor: {leaked:?}"
+    );
+    assert!(
+        daemon
+            .wait_for_log("marked inherited descriptors close-on-exec", HTTP_TIMEOUT)
+            .await
+            .is_some(),
+        "the daemon says it sealed them"
+    );
+    assert!(
+        open_paths(daemon.pid()).contains(&held_path),
+        "the daemon keeps its inherited descriptor open"
+    );
+}
