@@ -8,7 +8,10 @@
 //! - `request`: a caller's `tools/call` is parsed and its id replaced by the child's id
 //!   (`Relay::call`), small and with a 64 KiB argument;
 //! - `response`: the child's answer is parsed and the caller's id spliced back
-//!   (`Relay::on_response`), small and with a 64 KiB result;
+//!   (`Relay::on_response`), small, with a 64 KiB text result and with a 64 KiB
+//!   `tools/list` result (hundreds of nested objects);
+//! - in both, `parse_no_limit` is the envelope parser without the depth limit
+//!   (`parse_any_depth`), the code before the limit: `parse` against it is the limit's cost;
 //! - `progress`: a request carrying `_meta.progressToken` gets id and token rewritten, and a
 //!   `notifications/progress` from the child gets the caller's token back;
 //! - `tenant`: the `X-Client-ID` header rules and the bearer-token check;
@@ -30,7 +33,7 @@ use http::{HeaderMap, HeaderValue};
 use mcpmux::clients::{ClientId, ClientSpec, Limits, Registry, TokenHash};
 use mcpmux::http::tenant;
 use mcpmux::mcp::envelope::{
-    Kind, notified_progress_token, parse, progress_token, span_of, splice,
+    Kind, notified_progress_token, parse, parse_any_depth, progress_token, span_of, splice,
 };
 use sha2::{Digest, Sha256};
 
@@ -59,6 +62,28 @@ fn large_result() -> Vec<u8> {
     let text = filler(LARGE);
     format!(
         r#"{{"jsonrpc":"2.0","id":4711,"result":{{"content":[{{"type":"text","text":"{text}"}}],"isError":false}}}}"#
+    )
+    .into_bytes()
+}
+
+/// A child's `tools/list` result of about `LARGE` bytes: many tools, each with a nested
+/// input schema, so the message holds far more brackets than the depth limit.
+fn large_tools_list() -> Vec<u8> {
+    let mut tools = Vec::new();
+    let mut len = 0;
+    for i in 0.. {
+        let tool = format!(
+            r#"{{"name":"tool{i}","description":"Looks up \"{i}\" [records] {{fast}}.","inputSchema":{{"type":"object","properties":{{"query":{{"type":"string","description":"what to find"}},"limit":{{"type":"integer","minimum":1}},"tags":{{"type":"array","items":{{"type":"string"}}}}}},"required":["query"]}}}}"#
+        );
+        len += tool.len() + 1;
+        tools.push(tool);
+        if len >= LARGE {
+            break;
+        }
+    }
+    format!(
+        r#"{{"jsonrpc":"2.0","id":4711,"result":{{"tools":[{}]}}}}"#,
+        tools.join(",")
     )
     .into_bytes()
 }
@@ -113,6 +138,13 @@ fn request(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("parse", name), &message, |b, m| {
             b.iter(|| parse(black_box(m)).unwrap().kind);
         });
+        group.bench_with_input(
+            BenchmarkId::new("parse_no_limit", name),
+            &message,
+            |b, m| {
+                b.iter(|| parse_any_depth(black_box(m)).unwrap().kind);
+            },
+        );
         group.bench_with_input(BenchmarkId::new("parse+rewrite", name), &message, |b, m| {
             b.iter(|| rewrite_request(black_box(m), 1_000_017));
         });
@@ -122,10 +154,17 @@ fn request(c: &mut Criterion) {
 
 fn response(c: &mut Criterion) {
     let mut group = c.benchmark_group("response");
-    for (name, line) in [("small", small_result()), ("64KiB", large_result())] {
+    for (name, line) in [
+        ("small", small_result()),
+        ("64KiB", large_result()),
+        ("64KiB_tools_list", large_tools_list()),
+    ] {
         group.throughput(Throughput::Bytes(line.len() as u64));
         group.bench_with_input(BenchmarkId::new("parse", name), &line, |b, l| {
             b.iter(|| parse(black_box(l)).unwrap().kind);
+        });
+        group.bench_with_input(BenchmarkId::new("parse_no_limit", name), &line, |b, l| {
+            b.iter(|| parse_any_depth(black_box(l)).unwrap().kind);
         });
         group.bench_with_input(BenchmarkId::new("parse+rewrite", name), &line, |b, l| {
             b.iter(|| rewrite_response(black_box(l), br#""req-7""#));
@@ -231,6 +270,10 @@ fn check_rewrites() {
     assert!(serde_json::from_slice::<serde_json::Value>(&out).is_ok());
     let out = rewrite_request(&large_call(), 5);
     assert!(serde_json::from_slice::<serde_json::Value>(&out).is_ok());
+    let list = large_tools_list();
+    assert!(serde_json::from_slice::<serde_json::Value>(&list).is_ok());
+    let brackets = list.iter().filter(|&&b| b == b'{' || b == b'[').count();
+    assert!(brackets > 10 * mcpmux::mcp::envelope::MAX_DEPTH);
 }
 
 /// What `metrics::request` did before it cached its handles: labels built and looked up

@@ -100,6 +100,80 @@ fn nested(depth: usize) -> String {
     out
 }
 
+/// How deeply `value` nests: a scalar is 0, an array or object one more than its deepest
+/// member (so a message is level 1), as serde_json's own tree says.
+fn value_depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(value_depth).max().unwrap_or(0),
+        Value::Object(fields) => 1 + fields.values().map(value_depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// `value` inside `levels` arrays and objects, with brackets, quotes and backslashes in
+/// the objects' keys and in a padding string `pad` bytes long (so that long texts, with
+/// and without many brackets, take the scan's other paths), none of which may count.
+fn wrapped(value: Value, levels: usize, pad: usize, pad_brackets: bool) -> Value {
+    let pattern = if pad_brackets {
+        r#"[{"\\ab}]"#
+    } else {
+        r#"ab"\\cd"#
+    };
+    let filler: String = pattern.chars().cycle().take(pad).collect();
+    let mut out = value;
+    for level in 0..levels {
+        out = if level % 2 == 0 {
+            json!([out, filler])
+        } else {
+            json!({"[{\"": out})
+        };
+    }
+    out
+}
+
+/// The depth rule spelled out byte by byte, for texts that are not JSON at all.
+fn reference_exceeds(bytes: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b'"' => in_string = true,
+            _ => {}
+        }
+        if depth > max {
+            return true;
+        }
+    }
+    false
+}
+
+/// Texts made mostly of the bytes the depth scan looks at.
+fn bracket_soup() -> impl Strategy<Value = Vec<u8>> {
+    let byte = prop_oneof![
+        4 => prop::sample::select(b"{}[]\"\\".to_vec()),
+        1 => prop::sample::select(b"a :,\n".to_vec()),
+        1 => any::<u8>(),
+    ];
+    // Long texts with brackets sparse and dense: the two ways of counting them.
+    let sparse = prop_oneof![200 => Just(b'a'), 1 => byte.clone()];
+    prop_oneof![
+        prop::collection::vec(byte.clone(), 0..300),
+        prop::collection::vec(byte, 4000..4300),
+        prop::collection::vec(sparse, 4000..4300),
+    ]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
@@ -171,6 +245,30 @@ proptest! {
             Ok(_) => prop_assert!(!too_deep),
             Err(e) => prop_assert!(false, "unexpected error {}", e),
         }
+    }
+
+    #[test]
+    fn depth_scan_agrees_with_the_parsed_tree(
+        value in json_value(),
+        levels in prop_oneof![0usize..8, 120usize..132],
+        pad in prop_oneof![0usize..40, 4000usize..4200],
+        pad_brackets in any::<bool>(),
+        pretty in any::<bool>(),
+    ) {
+        let value = wrapped(value, levels, pad, pad_brackets);
+        let depth = value_depth(&value);
+        let text = render(&value, pretty);
+        for max in [depth.saturating_sub(1), depth, depth + 1, MAX_DEPTH, 0, 1, 2] {
+            prop_assert_eq!(exceeds_depth(&text, max), depth > max, "depth {} vs max {}", depth, max);
+        }
+    }
+
+    #[test]
+    fn depth_scan_agrees_with_the_byte_rule_on_any_text(
+        bytes in bracket_soup(),
+        max in prop_oneof![0usize..12, 100usize..140],
+    ) {
+        prop_assert_eq!(exceeds_depth(&bytes, max), reference_exceeds(&bytes, max));
     }
 
     #[test]

@@ -11,6 +11,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+pub use super::depth::exceeds_depth;
+
 /// What a message is, by JSON-RPC shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -160,46 +162,6 @@ pub fn parse_any_depth(bytes: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
         method: wire.method,
         params: wire.params,
     })
-}
-
-/// Whether `bytes` nests arrays and objects more than `max` levels deep. Brackets inside
-/// strings do not count. Invalid JSON is answered as well as it can be; the parser that
-/// follows rejects it anyway.
-pub fn exceeds_depth(bytes: &[u8], max: usize) -> bool {
-    // Fewer opening brackets than the limit, strings included, cannot nest deeper: one
-    // vectorisable pass settles nearly every message.
-    let opening = bytes.iter().filter(|&&b| b == b'{' || b == b'[').count();
-    if opening <= max {
-        return false;
-    }
-    let mut depth = 0usize;
-    let mut rest = bytes;
-    while let Some((&b, tail)) = rest.split_first() {
-        rest = tail;
-        match b {
-            b'{' | b'[' => {
-                depth += 1;
-                if depth > max {
-                    return true;
-                }
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            b'"' => rest = after_string(rest),
-            _ => {}
-        }
-    }
-    false
-}
-
-/// `rest` after the string whose opening quote was just consumed.
-fn after_string(mut rest: &[u8]) -> &[u8] {
-    loop {
-        match rest.iter().position(|&b| b == b'"' || b == b'\\') {
-            None => return &[],
-            Some(at) if rest[at] == b'"' => return &rest[at + 1..],
-            Some(at) => rest = rest.get(at + 2..).unwrap_or_default(),
-        }
-    }
 }
 
 fn first_non_space(bytes: &[u8]) -> Option<u8> {

@@ -20,6 +20,7 @@ pub mod batch;
 pub mod call;
 pub mod caps;
 pub mod control;
+pub mod depth;
 pub mod envelope;
 pub mod exit;
 pub mod interest;
