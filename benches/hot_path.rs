@@ -11,7 +11,8 @@
 //!   (`Relay::on_response`), small, with a 64 KiB text result and with a 64 KiB
 //!   `tools/list` result (hundreds of nested objects);
 //! - in both, `parse_no_limit` is the envelope parser without the depth limit
-//!   (`parse_any_depth`), the code before the limit: `parse` against it is the limit's cost;
+//!   (`parse_any_depth`), the code before the limit: `parse` against it is the limit's cost,
+//!   and `depth_check` is that cost alone (`exceeds_depth`, what `parse` adds);
 //! - `progress`: a request carrying `_meta.progressToken` gets id and token rewritten, and a
 //!   `notifications/progress` from the child gets the caller's token back;
 //! - `tenant`: the `X-Client-ID` header rules and the bearer-token check;
@@ -33,7 +34,8 @@ use http::{HeaderMap, HeaderValue};
 use mcpmux::clients::{ClientId, ClientSpec, Limits, Registry, TokenHash};
 use mcpmux::http::tenant;
 use mcpmux::mcp::envelope::{
-    Kind, notified_progress_token, parse, parse_any_depth, progress_token, span_of, splice,
+    Kind, MAX_DEPTH, exceeds_depth, notified_progress_token, parse, parse_any_depth,
+    progress_token, span_of, splice,
 };
 use sha2::{Digest, Sha256};
 
@@ -145,6 +147,9 @@ fn request(c: &mut Criterion) {
                 b.iter(|| parse_any_depth(black_box(m)).unwrap().kind);
             },
         );
+        group.bench_with_input(BenchmarkId::new("depth_check", name), &message, |b, m| {
+            b.iter(|| exceeds_depth(black_box(m), MAX_DEPTH));
+        });
         group.bench_with_input(BenchmarkId::new("parse+rewrite", name), &message, |b, m| {
             b.iter(|| rewrite_request(black_box(m), 1_000_017));
         });
@@ -165,6 +170,9 @@ fn response(c: &mut Criterion) {
         });
         group.bench_with_input(BenchmarkId::new("parse_no_limit", name), &line, |b, l| {
             b.iter(|| parse_any_depth(black_box(l)).unwrap().kind);
+        });
+        group.bench_with_input(BenchmarkId::new("depth_check", name), &line, |b, l| {
+            b.iter(|| exceeds_depth(black_box(l), MAX_DEPTH));
         });
         group.bench_with_input(BenchmarkId::new("parse+rewrite", name), &line, |b, l| {
             b.iter(|| rewrite_response(black_box(l), br#""req-7""#));
