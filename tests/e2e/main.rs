@@ -13,6 +13,7 @@ mod util;
 mod admin;
 mod edge;
 mod fidelity;
+mod h2_resets;
 mod http_errors;
 mod interop;
 mod lifecycle;
