@@ -95,6 +95,8 @@ pub(super) trait Era: Send + Sync {
     }
     /// `initialize` params for a tenant whose child was never initialized.
     fn first_params(&self) -> Option<&str>;
+    /// The child the call went to, before anything of its reply is shaped.
+    fn served_by(&mut self, _relay: &Relay) {}
     /// A reply mcpmux gives itself instead of relaying; `None` relays.
     fn local<'a>(
         &'a self,
@@ -344,10 +346,11 @@ async fn hand_off<H: Handing>(
 /// Answers with JSON if the first thing the child sends is the response; else streams.
 pub(super) async fn respond(
     mut call: Call,
-    era: impl Era,
+    mut era: impl Era,
     accept: Accept,
     timeout: Duration,
 ) -> Response<Body> {
+    era.served_by(call.relay());
     loop {
         match call.next(timeout).await {
             CallEvent::Final(message) => return era.answer(message, accept),

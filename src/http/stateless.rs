@@ -93,6 +93,7 @@ pub(super) async fn serve(post: &Post<'_>, meta: &RequestMeta<'_>) -> Response<B
         log_level,
         rounds: post.ctx.tenant.rounds.clone(),
         digest: rounds::request_digest(method, post.env.params),
+        server_info: None,
     };
     let fields = rounds::round_fields(post.env.params);
     match fields.request_state {
@@ -105,7 +106,7 @@ pub(super) async fn serve(post: &Post<'_>, meta: &RequestMeta<'_>) -> Response<B
 /// to the child, and this reply carries what the call does next.
 async fn retry(
     post: &Post<'_>,
-    era: StatelessEra,
+    mut era: StatelessEra,
     state: &RawValue,
     responses: Option<&RawValue>,
 ) -> Response<Body> {
@@ -120,6 +121,7 @@ async fn retry(
     let token = envelope::progress_token(post.env.params);
     let token = token.map(|t| Bytes::copy_from_slice(t.get().as_bytes()));
     resumed.call.resume(id, token);
+    era.served_by(resumed.call.relay());
     let Some(answer) = rounds::response_for(responses, &resumed.key) else {
         // Asked, not answered: ask again rather than fail (SEP-2322 error handling).
         return match era.rounds.ask_again(resumed) {
@@ -193,6 +195,8 @@ struct StatelessEra {
     rounds: Arc<Rounds>,
     /// Of the request's method and params, binding its `requestState`s to it.
     digest: [u8; 32],
+    /// The `serverInfo` of the child that serves the call, for the result's `_meta`.
+    server_info: Option<Bytes>,
 }
 
 impl Era for StatelessEra {
@@ -202,6 +206,10 @@ impl Era for StatelessEra {
 
     fn first_params(&self) -> Option<&str> {
         Some(&self.init_params)
+    }
+
+    fn served_by(&mut self, relay: &Relay) {
+        self.server_info = relay.server_info().cloned();
     }
 
     fn asks(&self) -> Option<ClientCaps> {
@@ -227,7 +235,7 @@ impl Era for StatelessEra {
     /// The whole answer in one message; a child's "method not found" becomes a 404, as
     /// 2026-07-28 requires of a server that does not implement a method.
     fn answer(&self, message: Bytes, accept: Accept) -> Response<Body> {
-        let reply = rules::complete_reply(&self.method, message);
+        let reply = rules::complete_reply(&self.method, message, self.server_info.as_deref());
         if rules::is_method_not_found(&reply) {
             return json_response(StatusCode::NOT_FOUND, reply);
         }
@@ -238,11 +246,19 @@ impl Era for StatelessEra {
     /// era: dropping the call tells the child `notifications/cancelled`.
     fn stream(self, call: Call, first: Bytes, timeout: Duration) -> Response<Body> {
         let (rounds, digest) = (self.rounds, self.digest);
+        let (method, info) = (Arc::<str>::from(self.method), self.server_info);
+        let (round_method, round_info) = (method.clone(), info.clone());
         let parker: Option<Parker> = self.asks.map(|_| -> Parker {
-            Box::new(move |call, request| park(&rounds, digest, call, request))
+            Box::new(move |call, request| {
+                let reply = park(&rounds, digest, call, request)?;
+                Ok(rules::complete_reply(
+                    &round_method,
+                    reply,
+                    round_info.as_deref(),
+                ))
+            })
         });
-        let method = self.method;
-        let finish = move |reply| rules::complete_reply(&method, reply);
+        let finish = move |reply| rules::complete_reply(&method, reply, info.as_deref());
         exchange::stream_plain(call, first, timeout, finish, parker)
     }
 }
@@ -299,6 +315,7 @@ async fn listen(post: &Post<'_>, init_params: &str) -> Response<Body> {
     let _ = tx.try_send(listen::acknowledged(&id, &honored)); // fresh channel with room
     let shutdown = post.app.shutdown.clone();
     let Listening { mut rx, guard, .. } = listening;
+    let server_info = relay.server_info().cloned();
     // Owned by the response body: ends when the caller closes it, or (gracefully) on
     // shutdown or when the tenant goes; the guard then unsubscribes.
     tokio::spawn(async move {
@@ -314,7 +331,7 @@ async fn listen(post: &Post<'_>, init_params: &str) -> Response<Body> {
                 return;
             }
         }
-        let _ = tx.send(listen::ended(&id)).await;
+        let _ = tx.send(listen::ended(&id, server_info.as_deref())).await;
     });
     sse_response(SseBody::new(body, None, Box::new(())))
 }

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use super::envelope::span_of;
 use super::interest::{MAX_SUBSCRIPTIONS_PER_SESSION, MAX_URI_BYTES};
+use super::stateless::META_SERVER_INFO;
 use crate::sync::lock;
 
 /// `_meta` key tagging every message of a subscription.
@@ -268,11 +269,15 @@ pub fn acknowledged(id: &[u8], honored: &Honored) -> Bytes {
     .into()
 }
 
-/// The response that ends a listen stream gracefully (shutdown, tenant removed).
-pub fn ended(id: &[u8]) -> Bytes {
+/// The response that ends a listen stream gracefully (shutdown, tenant removed), naming
+/// the child's server when its `initialize` did.
+pub fn ended(id: &[u8], server_info: Option<&[u8]>) -> Bytes {
     let id = String::from_utf8_lossy(id);
+    let info = server_info.map_or_else(String::new, |info| {
+        format!(r#","{META_SERVER_INFO}":{}"#, String::from_utf8_lossy(info))
+    });
     format!(
-        r#"{{"jsonrpc":"2.0","id":{id},"result":{{"resultType":"complete","_meta":{{"{META_SUBSCRIPTION_ID}":{id}}}}}}}"#
+        r#"{{"jsonrpc":"2.0","id":{id},"result":{{"resultType":"complete","_meta":{{"{META_SUBSCRIPTION_ID}":{id}{info}}}}}}}"#
     )
     .into()
 }

@@ -126,6 +126,8 @@ pub struct Relay {
     generation: u64,
     /// URL-mode elicitation ids → the session that was asked, in asking order.
     elicitations: Mutex<std::collections::VecDeque<(String, Arc<str>)>>,
+    /// The `serverInfo` of the child's `initialize` result, as it wrote it.
+    server_info: OnceLock<Bytes>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -190,6 +192,7 @@ impl Relay {
             told: Mutex::default(),
             generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
             elicitations: Mutex::default(),
+            server_info: OnceLock::new(),
         })
     }
 
@@ -366,12 +369,20 @@ impl Relay {
             }
             other => other,
         }?;
+        if let Some(info) = server_info_of(&result) {
+            let _ = self.server_info.set(info); // a child is initialized once
+        }
         let note = Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
         self.child
             .send(note)
             .await
             .map_err(|e| InitError::Failed(e.to_string()))?;
         Ok(result) // the pool brings the child in line with the sessions (`control`) next
+    }
+
+    /// The child's `serverInfo` from its `initialize` result, as it wrote it.
+    pub fn server_info(&self) -> Option<&Bytes> {
+        self.server_info.get()
     }
 
     /// The sessions this child serves.
@@ -961,6 +972,21 @@ fn required_elicitations(response: &[u8]) -> Vec<String> {
         .into_iter()
         .filter_map(|r| r.elicitation_id)
         .collect()
+}
+
+/// The raw `serverInfo` of an `initialize` result, when it is an object.
+fn server_info_of(result: &[u8]) -> Option<Bytes> {
+    #[derive(serde::Deserialize)]
+    struct InitResult<'a> {
+        #[serde(borrow, rename = "serverInfo")]
+        server_info: Option<&'a serde_json::value::RawValue>,
+    }
+    let info = serde_json::from_slice::<InitResult<'_>>(result)
+        .ok()?
+        .server_info?;
+    info.get()
+        .starts_with('{')
+        .then(|| Bytes::copy_from_slice(info.get().as_bytes()))
 }
 
 fn init_result(reply: &[u8]) -> Result<Bytes, InitError> {

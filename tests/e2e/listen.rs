@@ -292,7 +292,11 @@ async fn listen_streams_end_gracefully_when_the_tenant_is_removed() {
         .await;
     assert_eq!(
         end,
-        json!({"jsonrpc": "2.0", "id": 7, "result": {"resultType": "complete", "_meta": {SUBSCRIPTION_ID: 7}}}),
+        json!({"jsonrpc": "2.0", "id": 7, "result": {"resultType": "complete", "_meta": {
+            SUBSCRIPTION_ID: 7,
+            "io.modelcontextprotocol/serverInfo": {"name": "fake-child", "version": "1"},
+        }}}),
+        "the response names the child's server, as every 2026-07-28 result should"
     );
     assert!(
         stream.next_event(HTTP_TIMEOUT, "").await.is_none(),

@@ -20,6 +20,7 @@ mod lifecycle;
 mod limits;
 mod listen;
 mod manual;
+mod modern_musts;
 mod monitoring;
 mod mux;
 mod ops;

@@ -154,22 +154,47 @@ struct ResultFieldsWire<'a> {
     cache_scope: bool,
     #[serde(borrow, rename = "resultType")]
     result_type: Option<Cow<'a, str>>,
+    /// `null` too: `Some` whenever the key is there.
+    #[serde(default, borrow, rename = "_meta", deserialize_with = "raw_present")]
+    meta: Option<&'a RawValue>,
+}
+
+/// The field's raw text, `null` included, whenever it is present.
+fn raw_present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct ResultMetaWire {
+    #[serde(
+        default,
+        rename = "io.modelcontextprotocol/serverInfo",
+        deserialize_with = "present"
+    )]
+    server_info: bool,
 }
 
 /// The child's final reply with what 2026-07-28 requires of a result and a session-era
-/// child leaves out: `resultType` (SDKs of the era refuse results without it), and on
+/// child leaves out: `resultType` (SDKs of the era refuse results without it), on
 /// complete results of the cacheable methods `ttlMs` and `cacheScope`, with the most
-/// conservative values (as the SDKs default them). An error whose code 2026-07-28 forbids
-/// gets the era's code instead (see [`modern_code`]). Byte-exact otherwise; non-object
-/// results pass unchanged.
-pub fn complete_reply(method: &str, reply: Bytes) -> Bytes {
+/// conservative values (as the SDKs default them), and `serverInfo` in `_meta` (a SHOULD
+/// on every result) when the child's `initialize` gave one. An error whose code
+/// 2026-07-28 forbids gets the era's code instead (see [`modern_code`]). Byte-exact
+/// otherwise; non-object results pass unchanged, and so does a `_meta` that is not an
+/// object or already names a server.
+pub fn complete_reply(method: &str, reply: Bytes, server_info: Option<&[u8]>) -> Bytes {
     if let Some((span, code)) = retired_code(&reply) {
         return splice(&reply, &mut [(span, code.to_string().as_bytes())]).into();
     }
-    match missing_fields(method, &reply) {
-        Some((at, fields)) => splice(&reply, &mut [(at..at, fields.as_bytes())]).into(),
-        None => reply,
+    let inserts = missing_fields(method, &reply, server_info);
+    if inserts.is_empty() {
+        return reply;
     }
+    let mut edits: Vec<_> = inserts
+        .iter()
+        .map(|(at, text)| (*at..*at, text.as_bytes()))
+        .collect();
+    splice(&reply, &mut edits).into()
 }
 
 /// JSON-RPC "invalid params".
@@ -201,36 +226,72 @@ fn retired_code(reply: &[u8]) -> Option<(std::ops::Range<usize>, i64)> {
     Some((span_of(reply, code.get())?, modern)) // borrowed from `reply`, so it has a span
 }
 
-/// Where to insert which fields into the reply's `result` object, if any are missing.
-fn missing_fields(method: &str, reply: &[u8]) -> Option<(usize, String)> {
-    let result = serde_json::from_slice::<ReplyWire<'_>>(reply)
-        .ok()?
-        .result?;
-    let has: ResultFieldsWire<'_> = serde_json::from_str(result.get()).ok()?;
-    let mut fields = Vec::with_capacity(3);
+/// What to insert where into the reply's `result` object (and its `_meta`), if anything
+/// is missing.
+fn missing_fields(method: &str, reply: &[u8], server_info: Option<&[u8]>) -> Vec<(usize, String)> {
+    let Some(result) = serde_json::from_slice::<ReplyWire<'_>>(reply)
+        .ok()
+        .and_then(|r| r.result)
+    else {
+        return Vec::new();
+    };
+    let Ok(has) = serde_json::from_str::<ResultFieldsWire<'_>>(result.get()) else {
+        return Vec::new();
+    };
+    let Some(span) = span_of(reply, result.get()) else {
+        return Vec::new();
+    };
+    let info = server_info.map(String::from_utf8_lossy);
+    let mut inserts = Vec::with_capacity(2);
+    let mut fields = Vec::with_capacity(4);
     if has.result_type.is_none() {
-        fields.push(r#""resultType":"complete""#);
+        fields.push(r#""resultType":"complete""#.to_owned());
     }
     // Only complete results are cacheable.
-    let complete = has.result_type.is_none_or(|t| t == "complete");
+    let complete = has.result_type.as_deref().is_none_or(|t| t == "complete");
     if complete && CACHEABLE_METHODS.contains(&method) {
         if !has.ttl_ms {
-            fields.push(r#""ttlMs":0"#);
+            fields.push(r#""ttlMs":0"#.to_owned());
         }
         if !has.cache_scope {
-            fields.push(r#""cacheScope":"private""#);
+            fields.push(r#""cacheScope":"private""#.to_owned());
         }
     }
-    if fields.is_empty() {
+    match (has.meta, &info) {
+        (None, Some(info)) => fields.push(format!(r#""_meta":{{"{META_SERVER_INFO}":{info}}}"#)),
+        (Some(meta), Some(info)) => inserts.extend(server_info_into(reply, meta, info)),
+        (_, None) => {}
+    }
+    if !fields.is_empty() {
+        inserts.push((span.start + 1, first_keys(result.get(), &fields.join(","))));
+    }
+    inserts
+}
+
+/// Where and what to insert so the result's `_meta` names the server, unless it is not an
+/// object or already does.
+fn server_info_into(reply: &[u8], meta: &RawValue, info: &str) -> Option<(usize, String)> {
+    if !meta.get().starts_with('{') {
         return None;
     }
-    let span = span_of(reply, result.get())?;
-    let empty = result.get()[1..].trim_start().starts_with('}');
-    let mut text = fields.join(",");
-    if !empty {
-        text.push(',');
+    let named = serde_json::from_str::<ResultMetaWire>(meta.get()).ok()?;
+    if named.server_info {
+        return None;
     }
-    Some((span.start + 1, text)) // just after the object's `{`
+    let at = span_of(reply, meta.get())?.start + 1;
+    let field = format!(r#""{META_SERVER_INFO}":{info}"#);
+    Some((at, first_keys(meta.get(), &field)))
+}
+
+/// `fields` to put just after the `{` of `object`, with the comma the object's own keys
+/// need.
+fn first_keys(object: &str, fields: &str) -> String {
+    let empty = object[1..].trim_start().starts_with('}');
+    if empty {
+        fields.to_owned()
+    } else {
+        format!("{fields},")
+    }
 }
 
 #[derive(Deserialize)]
@@ -270,7 +331,8 @@ mod tests {
             (-32001, -32001),
         ] {
             let got: Value =
-                serde_json::from_slice(&complete_reply("resources/read", reply(from))).unwrap();
+                serde_json::from_slice(&complete_reply("resources/read", reply(from), Some(b"{}")))
+                    .unwrap();
             assert_eq!(got["error"]["code"], to, "{from}");
             assert_eq!(
                 got["error"]["data"],
@@ -395,8 +457,51 @@ mod tests {
             ),
         ];
         for (method, reply, want) in cases {
-            let got = complete_reply(method, Bytes::from_static(reply.as_bytes()));
+            let got = complete_reply(method, Bytes::from_static(reply.as_bytes()), None);
             assert_eq!(String::from_utf8_lossy(&got), *want, "{method}: {reply}");
+        }
+    }
+
+    #[test]
+    fn results_name_the_server_in_meta_unless_they_do_already() {
+        let info = br#"{"name":"s","version":"9"}"#;
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "tools/call",
+                r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#,
+                r#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"complete","_meta":{"io.modelcontextprotocol/serverInfo":{"name":"s","version":"9"}},"content":[]}}"#,
+            ),
+            (
+                "tools/call",
+                r#"{"jsonrpc":"2.0","id":1,"result":{"_meta":{"k":2.50},"resultType":"complete"}}"#,
+                r#"{"jsonrpc":"2.0","id":1,"result":{"_meta":{"io.modelcontextprotocol/serverInfo":{"name":"s","version":"9"},"k":2.50},"resultType":"complete"}}"#,
+            ),
+            (
+                "tools/list",
+                r#"{"jsonrpc":"2.0","id":1,"result":{"_meta":{ },"tools":[]}}"#,
+                r#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"complete","ttlMs":0,"cacheScope":"private","_meta":{"io.modelcontextprotocol/serverInfo":{"name":"s","version":"9"} },"tools":[]}}"#,
+            ),
+            (
+                "tools/call",
+                r#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"complete","_meta":{"io.modelcontextprotocol/serverInfo":{"name":"own","version":"1"}}}}"#,
+                r#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"complete","_meta":{"io.modelcontextprotocol/serverInfo":{"name":"own","version":"1"}}}}"#,
+            ),
+            (
+                "tools/call",
+                r#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"complete","_meta":null}}"#,
+                r#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"complete","_meta":null}}"#,
+            ),
+            (
+                "tools/call",
+                r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32603,"message":"m"}}"#,
+                r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32603,"message":"m"}}"#,
+            ),
+        ];
+        for (method, reply, want) in cases {
+            let got = complete_reply(method, Bytes::from_static(reply.as_bytes()), Some(info));
+            assert_eq!(String::from_utf8_lossy(&got), *want, "{method}: {reply}");
+            let parsed: Value = serde_json::from_slice(&got).unwrap();
+            assert!(parsed.is_object(), "still JSON: {reply}");
         }
     }
 
