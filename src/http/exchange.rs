@@ -95,8 +95,9 @@ pub(super) trait Era: Send + Sync {
     }
     /// `initialize` params for a tenant whose child was never initialized.
     fn first_params(&self) -> Option<&str>;
-    /// The child the call went to, before anything of its reply is shaped.
-    fn served_by(&mut self, _relay: &Relay) {}
+    /// The call as it reaches the era, before anything of its reply is shaped: which child
+    /// it went to, and how a timeout is answered.
+    fn served_by(&mut self, _call: &mut Call) {}
     /// A reply mcpmux gives itself instead of relaying; `None` relays.
     fn local<'a>(
         &'a self,
@@ -350,7 +351,7 @@ pub(super) async fn respond(
     accept: Accept,
     timeout: Duration,
 ) -> Response<Body> {
-    era.served_by(call.relay());
+    era.served_by(&mut call);
     loop {
         match call.next(timeout).await {
             CallEvent::Final(message) => return era.answer(message, accept),

@@ -85,6 +85,11 @@ pub(super) async fn serve(post: &Post<'_>, meta: &RequestMeta<'_>) -> Response<B
     if method == "subscriptions/listen" {
         return listen(post, &init_params).await;
     }
+    if method == "tools/call"
+        && let Some(refused) = param_headers(post, meta, &init_params).await
+    {
+        return refused;
+    }
     log_admitted(post, &admitted);
     let era = StatelessEra {
         method: method.to_owned(),
@@ -100,6 +105,44 @@ pub(super) async fn serve(post: &Post<'_>, meta: &RequestMeta<'_>) -> Response<B
         Some(state) if era.asks.is_some() => retry(post, era, state, fields.input_responses).await,
         _ => exchange::relay(post, era).await,
     }
+}
+
+/// Checks a `tools/call`'s `Mcp-Param-*` headers against what the child's schema of that
+/// tool declares: `None` when they match (or nothing is declared), else the refusal
+/// (400/-32020, or -32603 when the child's tool list cannot be read).
+async fn param_headers(
+    post: &Post<'_>,
+    meta: &RequestMeta<'_>,
+    init_params: &str,
+) -> Option<Response<Body>> {
+    let tool = meta
+        .name
+        .and_then(|n| serde_json::from_str::<Cow<'_, str>>(n.get()).ok())?;
+    let (pool, ctx) = (&post.app.pool, post.ctx);
+    let relay = match pool.relay(&ctx.tenant, &ctx.spec, Some(init_params)).await {
+        Ok((relay, _)) => relay,
+        Err(e) => return Some(start_failed(post.id(), e)),
+    };
+    let declared = match relay
+        .tool_declarations(post.app.settings.request_timeout)
+        .await
+    {
+        Ok(declared) => declared,
+        Err(why) => {
+            let why = format!("cannot check Mcp-Param headers: {why}");
+            let message = envelope::error_response(post.id(), INTERNAL_ERROR, &why, None);
+            return Some(json_response(StatusCode::OK, message.into()));
+        }
+    };
+    let declarations = declared.of(&tool)?;
+    // Parsed only for tools that declare headers.
+    let arguments: Option<serde_json::Value> = meta
+        .arguments
+        .and_then(|a| serde_json::from_str(a.get()).ok());
+    let checked = rules::check_param_headers(&tool, declarations, arguments.as_ref(), |name| {
+        header(post.headers, name)
+    });
+    checked.err().map(|rejection| refuse(post.id(), &rejection))
 }
 
 /// A retry of an `input_required` round: the parked call resumes, the caller's answer goes
@@ -121,7 +164,7 @@ async fn retry(
     let token = envelope::progress_token(post.env.params);
     let token = token.map(|t| Bytes::copy_from_slice(t.get().as_bytes()));
     resumed.call.resume(id, token);
-    era.served_by(resumed.call.relay());
+    era.served_by(&mut resumed.call);
     let Some(answer) = rounds::response_for(responses, &resumed.key) else {
         // Asked, not answered: ask again rather than fail (SEP-2322 error handling).
         return match era.rounds.ask_again(resumed) {
@@ -208,8 +251,12 @@ impl Era for StatelessEra {
         Some(&self.init_params)
     }
 
-    fn served_by(&mut self, relay: &Relay) {
-        self.server_info = relay.server_info().cloned();
+    /// A timeout is an internal error here: 2026-07-28 retires -32000..-32019 (the SDKs
+    /// raise their own -32001 / `REQUEST_TIMEOUT` locally, and a peer's must not look
+    /// like one).
+    fn served_by(&mut self, call: &mut Call) {
+        self.server_info = call.relay().server_info().cloned();
+        call.time_out_with(INTERNAL_ERROR);
     }
 
     fn asks(&self) -> Option<ClientCaps> {

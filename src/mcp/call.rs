@@ -36,6 +36,8 @@ pub struct Call {
     _guard: InflightGuard,
     /// Whatever must live exactly as long as the call (a log-level wish).
     held: Option<Box<dyn Send + Sync>>,
+    /// The JSON-RPC code the caller gets when the child does not answer in time.
+    timeout_code: i64,
 }
 
 impl Call {
@@ -56,7 +58,14 @@ impl Call {
             resumed: false,
             _guard: guard,
             held: None,
+            timeout_code: REQUEST_TIMEOUT,
         }
+    }
+
+    /// Answers a timeout with `code` instead of [`REQUEST_TIMEOUT`] (stateless callers:
+    /// 2026-07-28 retires that code's range).
+    pub fn time_out_with(&mut self, code: i64) {
+        self.timeout_code = code;
     }
 
     /// Marks the request as one that must never be cancelled (`initialize`).
@@ -87,7 +96,7 @@ impl Call {
                 self.finished = true;
                 self.relay.abandon(self.child_id, self.cancellable, "request timed out");
                 let message = format!("request timed out after {} s without progress", timeout.as_secs_f64());
-                self.failure(REQUEST_TIMEOUT, &message)
+                self.failure(self.timeout_code, &message)
             }
         }
     }

@@ -30,6 +30,7 @@ use super::interest::{self, Level, Told};
 use super::reverse::ReverseRequests;
 use super::session::{Session, Sessions};
 use super::slot::{self, Answer, Related};
+use super::stateless::{Declared, ToolHeaders};
 use super::tasks::{Reply, STATELESS_OWNER, TaskError};
 use crate::child::{ChildEvent, ChildHandle, ExitInfo, ExitReason};
 use crate::clients::{ClientId, Limits};
@@ -128,6 +129,8 @@ pub struct Relay {
     elicitations: Mutex<std::collections::VecDeque<(String, Arc<str>)>>,
     /// The `serverInfo` of the child's `initialize` result, as it wrote it.
     server_info: OnceLock<Bytes>,
+    /// What the child's tool schemas declare as `Mcp-Param-*` headers.
+    tool_headers: ToolHeaders,
 }
 
 impl std::fmt::Debug for Relay {
@@ -193,6 +196,7 @@ impl Relay {
             generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
             elicitations: Mutex::default(),
             server_info: OnceLock::new(),
+            tool_headers: ToolHeaders::default(),
         })
     }
 
@@ -383,6 +387,25 @@ impl Relay {
     /// The child's `serverInfo` from its `initialize` result, as it wrote it.
     pub fn server_info(&self) -> Option<&Bytes> {
         self.server_info.get()
+    }
+
+    /// What the child's tool schemas declare as `Mcp-Param-*` headers, read with a
+    /// `tools/list` of mcpmux's own (every page) when not known since the child's last
+    /// `notifications/tools/list_changed`. `Err` says why the list could not be read.
+    pub async fn tool_declarations(
+        self: &Arc<Self>,
+        timeout: Duration,
+    ) -> Result<Arc<Declared>, String> {
+        let page = |cursor: Option<String>| async move {
+            let params = cursor.map_or_else(|| json!({}), |c| json!({"cursor": c}));
+            let line = json!({"jsonrpc": "2.0", "id": 0, "method": "tools/list", "params": params})
+                .to_string();
+            match envelope::parse(line.as_bytes()) {
+                Ok(env) => self.forward(line.as_bytes(), &env, timeout).await,
+                Err(e) => Bytes::from(e.to_string()), // not a reply: read as a failure
+            }
+        };
+        self.tool_headers.get(page).await
     }
 
     /// The sessions this child serves.
@@ -600,6 +623,9 @@ impl Relay {
                 // once, on its GET stream.
                 // list_changed also to the listeners that asked for that kind.
                 let method = method.unwrap_or_default();
+                if method == "notifications/tools/list_changed" {
+                    self.tool_headers.invalidate();
+                }
                 let reached = self.sessions.notify_all(method, line);
                 let listening = self.sessions.listens().notify(method, None, line);
                 debug!(client_id = %self.client_id, method, reached, listening, "child notification");

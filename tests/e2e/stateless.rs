@@ -73,7 +73,7 @@ impl Probe {
     }
 
     /// Sends `name` a second time, after the first.
-    fn again(mut self, name: &'static str, value: &str) -> Probe {
+    pub(crate) fn again(mut self, name: &'static str, value: &str) -> Probe {
         self.headers.push((name, value.to_owned()));
         self
     }
@@ -94,6 +94,16 @@ impl Probe {
     }
 
     pub(crate) async fn send(&self, daemon: &Daemon, client_id: &str) -> reqwest::Response {
+        self.send_with(daemon, client_id, &[]).await
+    }
+
+    /// Sends with `raw` headers added, whose values need not be text.
+    pub(crate) async fn send_with(
+        &self,
+        daemon: &Daemon,
+        client_id: &str,
+        raw: &[(&str, &[u8])],
+    ) -> reqwest::Response {
         let mut req = daemon
             .http()
             .post(daemon.url())
@@ -101,6 +111,10 @@ impl Probe {
             .header("Content-Type", "application/json")
             .header("X-Client-ID", client_id);
         for (name, value) in &self.headers {
+            req = req.header(*name, value);
+        }
+        for (name, value) in raw {
+            let value = reqwest::header::HeaderValue::from_bytes(value).unwrap();
             req = req.header(*name, value);
         }
         req.body(self.body.to_string())

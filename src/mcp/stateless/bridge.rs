@@ -148,10 +148,15 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
 
 #[derive(Deserialize)]
 struct ResultFieldsWire<'a> {
-    #[serde(default, rename = "ttlMs", deserialize_with = "present")]
-    ttl_ms: bool,
-    #[serde(default, rename = "cacheScope", deserialize_with = "present")]
-    cache_scope: bool,
+    #[serde(default, borrow, rename = "ttlMs", deserialize_with = "raw_present")]
+    ttl_ms: Option<&'a RawValue>,
+    #[serde(
+        default,
+        borrow,
+        rename = "cacheScope",
+        deserialize_with = "raw_present"
+    )]
+    cache_scope: Option<&'a RawValue>,
     #[serde(borrow, rename = "resultType")]
     result_type: Option<Cow<'a, str>>,
     /// `null` too: `Some` whenever the key is there.
@@ -186,13 +191,13 @@ pub fn complete_reply(method: &str, reply: Bytes, server_info: Option<&[u8]>) ->
     if let Some((span, code)) = retired_code(&reply) {
         return splice(&reply, &mut [(span, code.to_string().as_bytes())]).into();
     }
-    let inserts = missing_fields(method, &reply, server_info);
-    if inserts.is_empty() {
+    let fixes = missing_fields(method, &reply, server_info);
+    if fixes.is_empty() {
         return reply;
     }
-    let mut edits: Vec<_> = inserts
+    let mut edits: Vec<_> = fixes
         .iter()
-        .map(|(at, text)| (*at..*at, text.as_bytes()))
+        .map(|(range, text)| (range.clone(), text.as_bytes()))
         .collect();
     splice(&reply, &mut edits).into()
 }
@@ -226,9 +231,14 @@ fn retired_code(reply: &[u8]) -> Option<(std::ops::Range<usize>, i64)> {
     Some((span_of(reply, code.get())?, modern)) // borrowed from `reply`, so it has a span
 }
 
-/// What to insert where into the reply's `result` object (and its `_meta`), if anything
-/// is missing.
-fn missing_fields(method: &str, reply: &[u8], server_info: Option<&[u8]>) -> Vec<(usize, String)> {
+/// What to write where into the reply's `result` object (and its `_meta`): the fields
+/// that are missing, and `0` / `"private"` over cache hints 2026-07-28 does not allow
+/// (servers MUST give a `ttlMs` >= 0; SDKs refuse results with others).
+fn missing_fields(
+    method: &str,
+    reply: &[u8],
+    server_info: Option<&[u8]>,
+) -> Vec<(std::ops::Range<usize>, String)> {
     let Some(result) = serde_json::from_slice::<ReplyWire<'_>>(reply)
         .ok()
         .and_then(|r| r.result)
@@ -250,22 +260,42 @@ fn missing_fields(method: &str, reply: &[u8], server_info: Option<&[u8]>) -> Vec
     // Only complete results are cacheable.
     let complete = has.result_type.as_deref().is_none_or(|t| t == "complete");
     if complete && CACHEABLE_METHODS.contains(&method) {
-        if !has.ttl_ms {
-            fields.push(r#""ttlMs":0"#.to_owned());
+        match has.ttl_ms {
+            None => fields.push(r#""ttlMs":0"#.to_owned()),
+            Some(ttl) if !is_ttl(ttl) => inserts.extend(replace(reply, ttl, "0")),
+            Some(_) => {}
         }
-        if !has.cache_scope {
-            fields.push(r#""cacheScope":"private""#.to_owned());
+        match has.cache_scope {
+            None => fields.push(r#""cacheScope":"private""#.to_owned()),
+            Some(scope) if !matches!(scope.get(), r#""public""# | r#""private""#) => {
+                inserts.extend(replace(reply, scope, r#""private""#));
+            }
+            Some(_) => {}
         }
     }
     match (has.meta, &info) {
         (None, Some(info)) => fields.push(format!(r#""_meta":{{"{META_SERVER_INFO}":{info}}}"#)),
-        (Some(meta), Some(info)) => inserts.extend(server_info_into(reply, meta, info)),
+        (Some(meta), Some(info)) => {
+            let at = server_info_into(reply, meta, info);
+            inserts.extend(at.map(|(at, text)| (at..at, text)));
+        }
         (_, None) => {}
     }
     if !fields.is_empty() {
-        inserts.push((span.start + 1, first_keys(result.get(), &fields.join(","))));
+        let at = span.start + 1;
+        inserts.push((at..at, first_keys(result.get(), &fields.join(","))));
     }
     inserts
+}
+
+/// A JSON number >= 0.
+fn is_ttl(raw: &RawValue) -> bool {
+    serde_json::from_str::<f64>(raw.get()).is_ok_and(|n| n >= 0.0)
+}
+
+/// The edit that writes `with` over `value` (which borrows from `reply`).
+fn replace(reply: &[u8], value: &RawValue, with: &str) -> Option<(std::ops::Range<usize>, String)> {
+    Some((span_of(reply, value.get())?, with.to_owned()))
 }
 
 /// Where and what to insert so the result's `_meta` names the server, unless it is not an
@@ -428,12 +458,22 @@ mod tests {
             (
                 "prompts/list",
                 r#"{"jsonrpc":"2.0","id":1,"result":{"ttlMs":null,"resultType":"complete","prompts":[]}}"#,
-                r#"{"jsonrpc":"2.0","id":1,"result":{"cacheScope":"private","ttlMs":null,"resultType":"complete","prompts":[]}}"#,
+                r#"{"jsonrpc":"2.0","id":1,"result":{"cacheScope":"private","ttlMs":0,"resultType":"complete","prompts":[]}}"#,
             ),
             (
                 "tools/list",
                 r#"{"jsonrpc":"2.0","id":1,"result":{"ttlMs":5,"cacheScope":"public","resultType":"complete"}}"#,
                 r#"{"jsonrpc":"2.0","id":1,"result":{"ttlMs":5,"cacheScope":"public","resultType":"complete"}}"#,
+            ),
+            (
+                "resources/list",
+                r#"{"jsonrpc":"2.0","id":1,"result":{"ttlMs":-5,"cacheScope":"shared","resultType":"complete"}}"#,
+                r#"{"jsonrpc":"2.0","id":1,"result":{"ttlMs":0,"cacheScope":"private","resultType":"complete"}}"#,
+            ),
+            (
+                "resources/list",
+                r#"{"jsonrpc":"2.0","id":1,"result":{"ttlMs":2.5e3,"cacheScope":"public","resultType":"complete"}}"#,
+                r#"{"jsonrpc":"2.0","id":1,"result":{"ttlMs":2.5e3,"cacheScope":"public","resultType":"complete"}}"#,
             ),
             (
                 "tools/list",

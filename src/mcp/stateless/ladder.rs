@@ -27,7 +27,7 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(code: i64, message: impl Into<String>) -> Self {
+    pub(super) fn new(code: i64, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),

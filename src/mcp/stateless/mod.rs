@@ -5,7 +5,8 @@
 //! then the version), and what crosses the bridge (`bridge`: the `server/discover`
 //! result built from the child's cached `initialize` result, the synthetic `initialize`
 //! params used when a stateless caller is a tenant's first, and the fields 2026-07-28
-//! requires on results that a session-era child leaves out). The HTTP side
+//! requires on results that a session-era child leaves out), and `Mcp-Param-*` headers
+//! checked against the child's tool schemas (`param_headers`). The HTTP side
 //! (`http::stateless`) extracts headers and relays; the relay itself is [`super::relay`].
 //!
 //! Invariant: only a request that really breaks a 2026-07-28 rule gets one of the
@@ -14,6 +15,7 @@
 
 mod bridge;
 mod ladder;
+mod param_headers;
 
 use std::borrow::Cow;
 
@@ -25,6 +27,7 @@ use super::interest::Level;
 
 pub use bridge::{asks, complete_reply, discover_result, init_params, is_method_not_found};
 pub use ladder::{Admitted, Rejection, decode_header_value, validate};
+pub use param_headers::{Declared, ToolHeaders, check as check_param_headers};
 
 /// The stateless protocol version mcpmux serves.
 pub const STATELESS_VERSION: &str = "2026-07-28";
@@ -110,6 +113,8 @@ pub struct RequestMeta<'a> {
     pub name: Option<&'a RawValue>,
     /// `params.uri` (the `Mcp-Name` source of `resources/read`).
     pub uri: Option<&'a RawValue>,
+    /// `params.arguments` (what `Mcp-Param-*` headers mirror in `tools/call`).
+    pub arguments: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -120,6 +125,8 @@ struct ParamsWire<'a> {
     name: Option<&'a RawValue>,
     #[serde(borrow)]
     uri: Option<&'a RawValue>,
+    #[serde(borrow)]
+    arguments: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -152,6 +159,7 @@ pub fn request_meta(params: Option<&RawValue>) -> RequestMeta<'_> {
         log_level: meta.as_ref().and_then(|m| m.log_level),
         name: wire.name,
         uri: wire.uri,
+        arguments: wire.arguments,
     }
 }
 
