@@ -357,3 +357,45 @@ async fn a_childs_negative_ttl_reaches_stateless_callers_as_zero() {
     let got = crate::util::rpc(&daemon, "acme", &session, "tools/list", json!({})).await;
     assert_eq!(got["result"]["ttlMs"], -5, "{got:#}");
 }
+
+#[tokio::test]
+async fn the_ts_sdk_mirrors_the_declared_headers_and_mcpmux_accepts_them() {
+    crate::interop::ensure_setup();
+    let (_clients, daemon) = fake_daemon(&["--header-tools"]).await;
+    let script = crate::util::repo_root().join("tests/interop/ts_param_headers.mjs");
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(script)
+        .args([daemon.url().as_str(), "acme", "50"])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("the TS client must finish (it enforces its own deadline)")
+        .expect("node must start");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the TS SDK client must complete ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("the summary must be JSON ({e}): {stdout}"));
+    let tools = summary["tools"].as_array().unwrap();
+    assert!(tools.iter().any(|t| t == "route"), "{summary:#}");
+    assert!(
+        !tools.iter().any(|t| t == "bad_route"),
+        "the SDK drops a tool whose declarations break the rules, as mcpmux assumes: {summary:#}"
+    );
+    // `route` declares region, opts.limit and opts.dry: a call without matching headers
+    // would have been refused, so the SDK's (a base64 one among them) passed the check.
+    assert_eq!(summary["routed"]["is_error"], false, "{summary:#}");
+    assert_eq!(
+        summary["routed"]["content"][0]["text"], "routed",
+        "{summary:#}"
+    );
+    assert_eq!(
+        summary["routed"]["arguments"],
+        json!({"region": "Hello, 世界", "opts": {"limit": 42, "dry": false}, "query": "q"})
+    );
+}
