@@ -164,6 +164,11 @@ pub struct ServeArgs {
     /// resume it (GET with Last-Event-ID); then it is cancelled at the child. 0: at once.
     #[arg(long, env = "MCPMUX_RESUME_GRACE", default_value_t = 5.0)]
     pub resume_grace: f64,
+    /// Seconds a relayed request may stay unanswered before a caller that accepts
+    /// text/event-stream gets its reply as SSE (headers at once, the result as an event),
+    /// so a load balancer's client sees headers before a node can die mid-call. 0: always.
+    #[arg(long, env = "MCPMUX_SSE_AFTER", default_value_t = 1.0)]
+    pub sse_after: f64,
     /// Sign session ids with the keys in this file (one 64-hex-character key per line, mode
     /// 0600 or stricter; the first signs, all verify), so any node sharing it resumes them.
     #[arg(long, env = "MCPMUX_SESSION_KEY_FILE")]

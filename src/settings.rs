@@ -51,6 +51,9 @@ pub struct Settings {
     pub max_connections: Option<usize>,
     /// How long a broken SSE reply waits for its caller to resume before it is cancelled.
     pub resume_grace: Duration,
+    /// How long a relayed request may be silent before an SSE-accepting caller's reply turns
+    /// to SSE (`--sse-after`; zero: SSE from the start).
+    pub sse_after: Duration,
     /// Signed session ids (`--session-key-file`); `None`: node-local random ids.
     pub session_tokens: Option<Arc<SessionTokens>>,
 }
@@ -192,6 +195,7 @@ impl Settings {
                 .map(|n| positive("max-connections", n as u64).map(|n| n as usize))
                 .transpose()?,
             resume_grace: seconds("resume-grace", args.resume_grace)?,
+            sse_after: seconds("sse-after", args.sse_after)?,
             session_tokens: session_tokens(args)?,
         })
     }

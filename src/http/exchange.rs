@@ -25,7 +25,7 @@ use super::RequestBody;
 use super::body::{Body, SseBody};
 use super::error::{ApiError, json_response, rpc_error};
 use crate::clients::ClientSpec;
-use crate::mcp::call::{Call, CallEvent};
+use crate::mcp::call::{self, Call, CallEvent};
 use crate::mcp::caps::ClientCaps;
 use crate::mcp::control;
 use crate::mcp::envelope::{self, Envelope, INTERNAL_ERROR, INVALID_REQUEST, Kind};
@@ -106,9 +106,9 @@ pub(super) trait Era: Send + Sync {
     ) -> impl Future<Output = Option<Bytes>> + Send + 'a;
     /// The answer when the whole reply is one message.
     fn answer(&self, message: Bytes, accept: Accept) -> Response<Body>;
-    /// The answer when the child sent `first` before its response: an SSE stream fed by
-    /// [`pump`].
-    fn stream(self, call: Call, first: Bytes, timeout: Duration) -> Response<Body>;
+    /// The answer as an SSE stream fed by [`pump`]: the child sent `first` before its
+    /// response, or (`None`) the response is late (`--sse-after`).
+    fn stream(self, call: Call, first: Option<Bytes>, timeout: Duration) -> Response<Body>;
 }
 
 /// Where a streamed reply's messages go.
@@ -250,7 +250,7 @@ pub(super) async fn relay(post: &Post<'_>, era: impl Era) -> Response<Body> {
     match sent {
         Err(response) => response,
         Ok(Ok(Sent::Local(reply))) => era.answer(reply, post.accept),
-        Ok(Ok(Sent::Call(call))) => respond(call, era, post.accept, timeout).await,
+        Ok(Ok(Sent::Call(call))) => respond(call, era, post, timeout).await,
         Ok(Err(e)) => {
             let reply = envelope::error_response(post.id(), e.code(), &e.to_string(), None);
             json_response(StatusCode::OK, reply.into())
@@ -345,15 +345,31 @@ async fn hand_off<H: Handing>(
 }
 
 /// Answers with JSON if the first thing the child sends is the response; else streams.
+///
+/// A caller that accepts SSE gets SSE also when the child is still silent after
+/// `--sse-after`: the headers (and a session's priming event) go out then, the response
+/// later as an event. Behind a load balancer that matters when the node dies mid-call: a
+/// client that already has the headers loses that call only, one still waiting for them
+/// (the Python SDK) its whole session. The switch shares the request timeout's one timer,
+/// so a call answered in time pays nothing for it.
 pub(super) async fn respond(
     mut call: Call,
     mut era: impl Era,
-    accept: Accept,
+    post: &Post<'_>,
     timeout: Duration,
 ) -> Response<Body> {
     era.served_by(&mut call);
+    let accept = post.accept;
+    let sse_after = post.app.settings.sse_after;
+    if accept.sse && sse_after.is_zero() {
+        return era.stream(call, None, timeout);
+    }
+    let switch = accept.sse.then(|| call::after(sse_after));
     loop {
-        match call.next(timeout).await {
+        let Some(event) = call.next_until(timeout, switch).await else {
+            return era.stream(call, None, timeout);
+        };
+        match event {
             CallEvent::Final(message) => return era.answer(message, accept),
             CallEvent::Related(message) if era.asks().is_some() && is_request(&message) => {
                 match era.child_request(call, message) {
@@ -362,7 +378,7 @@ pub(super) async fn respond(
                 }
             }
             CallEvent::Related(_) if !accept.sse => continue, // JSON-only caller: nowhere to put it
-            CallEvent::Related(first) => return era.stream(call, first, timeout),
+            CallEvent::Related(first) => return era.stream(call, Some(first), timeout),
             CallEvent::Cancelled => return cancelled(&call, accept),
         }
     }
@@ -460,18 +476,20 @@ impl Sink for Plain {
     fn end(&mut self) {}
 }
 
-/// A non-resumable SSE reply: `first`, then the rest of `call` (final reply through
+/// A non-resumable SSE reply: `first` if any, then the rest of `call` (final reply through
 /// `finish`; a child's request through `park`, when given). Dropping the body (caller
 /// gone) cancels the call at the child.
 pub(super) fn stream_plain(
     call: Call,
-    first: Bytes,
+    first: Option<Bytes>,
     timeout: Duration,
     finish: impl FnOnce(Bytes) -> Bytes + Send + 'static,
     park: Option<Parker>,
 ) -> Response<Body> {
     let (tx, rx) = mpsc::channel(REPLY_QUEUE);
-    let _ = tx.try_send(first); // fresh channel with room: cannot fail
+    if let Some(first) = first {
+        let _ = tx.try_send(first); // fresh channel with room: cannot fail
+    }
     // Owned by the response body: ends at the final message, or when the body is dropped.
     tokio::spawn(pump(call, Plain { tx, park }, timeout, finish));
     sse_response(SseBody::new(rx, None, Box::new(())))

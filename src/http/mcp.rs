@@ -107,7 +107,7 @@ impl Era for SessionEra {
         single(message, accept, &self.to)
     }
 
-    fn stream(self, call: Call, first: Bytes, timeout: Duration) -> Response<Body> {
+    fn stream(self, call: Call, first: Option<Bytes>, timeout: Duration) -> Response<Body> {
         self.to.stream(call, first, timeout)
     }
 }

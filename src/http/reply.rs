@@ -50,10 +50,18 @@ impl Replying {
         framed_response(attached, None)
     }
 
-    /// Streams `call` (after `first`, its first related message) on a new reply stream.
-    pub(super) fn stream(self, call: Call, first: Bytes, timeout: Duration) -> Response<Body> {
+    /// Streams `call` (after `first`, its first related message, if any) on a new reply
+    /// stream; the priming event goes out at once either way.
+    pub(super) fn stream(
+        self,
+        call: Call,
+        first: Option<Bytes>,
+        timeout: Duration,
+    ) -> Response<Body> {
         let (number, attached) = self.sessions.open_reply(&self.session);
-        self.session.record(number, &first);
+        if let Some(first) = first {
+            self.session.record(number, &first);
+        }
         let connected = self.session.watch_connected(number);
         let in_use = self.sessions.enter(&self.session, Use::Call);
         let sink = Resumable {

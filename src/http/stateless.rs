@@ -177,7 +177,7 @@ async fn retry(
         debug!(client_id = %post.ctx.tenant.id, key = %resumed.key, "input response for a request the child no longer waits for");
     }
     let timeout = post.app.settings.request_timeout;
-    exchange::respond(resumed.call, era, post.accept, timeout).await
+    exchange::respond(resumed.call, era, post, timeout).await
 }
 
 /// 400 with "invalid params", under the request's id.
@@ -291,7 +291,7 @@ impl Era for StatelessEra {
 
     /// Progress, then the final reply, as SSE. Closing the stream is cancellation in this
     /// era: dropping the call tells the child `notifications/cancelled`.
-    fn stream(self, call: Call, first: Bytes, timeout: Duration) -> Response<Body> {
+    fn stream(self, call: Call, first: Option<Bytes>, timeout: Duration) -> Response<Body> {
         let (rounds, digest) = (self.rounds, self.digest);
         let (method, info) = (Arc::<str>::from(self.method), self.server_info);
         let (round_method, round_info) = (method.clone(), info.clone());

@@ -11,6 +11,7 @@ use super::envelope::{self, INTERNAL_ERROR, span_of, splice};
 use super::relay::{REQUEST_TIMEOUT, Relay};
 use super::slot::{Answers, Next};
 use bytes::Bytes;
+use tokio::time::Instant;
 
 /// What a pending call yields.
 #[derive(Debug)]
@@ -33,6 +34,9 @@ pub struct Call {
     cancellable: bool,
     /// Resumed by a retry of an `input_required` round (see [`Call::resume`]).
     resumed: bool,
+    /// When the current wait times out: set by the wait's first [`Call::next_until`], kept
+    /// when that returns at its switch, cleared by any message.
+    deadline: Option<Instant>,
     _guard: InflightGuard,
     /// Whatever must live exactly as long as the call (a log-level wish).
     held: Option<Box<dyn Send + Sync>>,
@@ -56,6 +60,7 @@ impl Call {
             finished: false,
             cancellable: true,
             resumed: false,
+            deadline: None,
             _guard: guard,
             held: None,
             timeout_code: REQUEST_TIMEOUT,
@@ -75,10 +80,28 @@ impl Call {
 
     /// The next event; `timeout` restarts with every related message.
     pub async fn next(&mut self, timeout: Duration) -> CallEvent {
-        if self.finished {
-            return self.failure(INTERNAL_ERROR, "request already answered");
+        loop {
+            // Without a switch the wait always ends with an event: this loops once.
+            if let Some(event) = self.next_until(timeout, None).await {
+                return event;
+            }
         }
-        tokio::select! {
+    }
+
+    /// The next event, or `None` at `switch` if none came by then. The request's `timeout`
+    /// runs on across the switch: the next wait ends at the same instant. One timer serves
+    /// both (the earlier of the two), so a switch costs a call nothing until it fires.
+    pub async fn next_until(
+        &mut self,
+        timeout: Duration,
+        switch: Option<Instant>,
+    ) -> Option<CallEvent> {
+        if self.finished {
+            return Some(self.failure(INTERNAL_ERROR, "request already answered"));
+        }
+        let deadline = *self.deadline.get_or_insert_with(|| after(timeout));
+        let wake = switch.map_or(deadline, |switch| switch.min(deadline));
+        let event = tokio::select! {
             // Related messages come out before the final one the child sent after them.
             next = self.answers.next() => match next {
                 Next::Related(message) => CallEvent::Related(message),
@@ -92,13 +115,18 @@ impl Call {
                     CallEvent::Cancelled
                 }
             },
-            () = tokio::time::sleep(timeout) => {
+            () = tokio::time::sleep_until(wake) => {
+                if wake < deadline {
+                    return None; // the switch
+                }
                 self.finished = true;
                 self.relay.abandon(self.child_id, self.cancellable, "request timed out");
                 let message = format!("request timed out after {} s without progress", timeout.as_secs_f64());
                 self.failure(self.timeout_code, &message)
             }
-        }
+        };
+        self.deadline = None;
+        Some(event)
     }
 
     /// A resumed call's response may have been labelled for an earlier round's caller
@@ -141,7 +169,9 @@ impl Call {
 
     /// A related message already queued, without waiting.
     pub fn try_next(&mut self) -> Option<CallEvent> {
-        self.answers.try_related().map(CallEvent::Related)
+        let message = self.answers.try_related()?;
+        self.deadline = None; // progress restarts the timeout
+        Some(CallEvent::Related(message))
     }
 
     /// The name under which the child's requests to this (stateless) call's caller are
@@ -159,9 +189,18 @@ impl Call {
     /// retry's `id` and progress token.
     pub fn resume(&mut self, id: Bytes, token: Option<Bytes>) {
         self.resumed = true;
+        self.deadline = None; // a new round, a new wait
         self.orig_id = id.clone();
         self.relay.reassign(self.child_id, Some((id, token)));
     }
+}
+
+/// `wait` from now; a wait too long for the clock is one that never ends (as tokio's own
+/// `sleep` treats it).
+pub fn after(wait: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(wait)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
 }
 
 /// The owner of a stateless call's child requests in the relay's reverse map; never a

@@ -34,6 +34,7 @@ mod session_caps;
 mod session_era;
 mod signed_sessions;
 mod smoke;
+mod sse_after;
 mod stateless;
 mod streams;
 mod systemd;

@@ -456,6 +456,8 @@ async fn bad_flags_and_settings_exit_64_before_binding_anything() {
         (&["--request-timeout=-1"], &[], "request-timeout"),
         (&["--stop-grace", "NaN"], &[], "stop-grace"),
         (&["--shutdown-delay=-3"], &[], "shutdown-delay"),
+        (&["--sse-after=-1"], &[], "sse-after"),
+        (&[], &[("MCPMUX_SSE_AFTER", "later")], "sse-after"),
         (&["--idle-ttl", "soon"], &[], "idle-ttl"),
         (&["--log-format", "xml"], &[], "log-format"),
         (&["--no-such-flag"], &[], "--no-such-flag"),

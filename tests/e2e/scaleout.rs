@@ -2,7 +2,9 @@
 //! and the readiness-first drain. The balancer runs `deploy/haproxy/haproxy.cfg` itself, with
 //! only its addresses and stats socket replaced; the callers are the Python `mcp` SDK's
 //! `Client` objects in legacy mode (`tests/interop/scaleout_client.py`), kept alive across a
-//! node's death. HAProxy comes from Debian (`.ci/run` installs it when absent).
+//! node's death, even those with a long call in flight on it (`--sse-after` has already
+//! given that call SSE headers, so only the call fails). HAProxy comes from Debian (`.ci/run`
+//! installs it when absent).
 //!
 //! Every wait polls a state (HAProxy's view of a server on its stats socket, a node's
 //! `/status`, a driver's reply line) against a deadline; nothing sleeps to synchronise.
@@ -432,6 +434,20 @@ async fn sdk_clients_keep_their_sessions_across_a_node_killed_and_restarted_behi
         .collect();
     assert!(!moved.is_empty());
 
+    // Each moved tenant has a long call in flight on the victim when it dies. The child says
+    // nothing for 6 s, so after --sse-after (1 s) the reply is already SSE: the client loses
+    // that call only, not its `Client` (deploy/README.md, "A call in flight ...").
+    driver
+        .send(json!({"op": "slow", "tenants": moved, "ms": 6000}))
+        .await;
+    let streaming = driver.expect("streaming").await;
+    for tenant in &moved {
+        assert_eq!(
+            streaming["content_types"][tenant.as_str()],
+            "text/event-stream",
+            "{tenant}'s silent call must be answered as SSE before the node dies: {streaming:#}"
+        );
+    }
     let (tenant_port, admin_port) = (nodes[victim].tenant_port, nodes[victim].admin_port);
     nodes[victim].daemon.signal(Signal::SIGKILL);
     nodes[victim]
@@ -442,6 +458,17 @@ async fn sdk_clients_keep_their_sessions_across_a_node_killed_and_restarted_behi
     let server = format!("node{}", victim + 1);
     haproxy.wait_status(&server, "DOWN").await;
 
+    driver.send(json!({"op": "slow_done"})).await;
+    let lost = driver.expect("slow_done").await;
+    for tenant in &moved {
+        let outcome = lost["outcome"][tenant.as_str()]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            outcome.starts_with("raised "),
+            "{tenant}'s call in flight on the killed node fails: {lost:#}"
+        );
+    }
     let after_kill = driver.call(3).await;
     assert_clean(&after_kill, 3, &sessions, "after the node was killed");
     let survivors: Vec<&Node> = nodes

@@ -66,7 +66,10 @@ class Node:
         self.proc = subprocess.Popen(
             [f"{bin_dir}/mcpmux", "serve", "--listen", f"127.0.0.1:{self.tport}", "--admin-listen",
              f"127.0.0.1:{self.aport}", "--clients", clients, "--allow-open-tenants",
-             "--session-key-file", key],
+             "--session-key-file", key,
+             # What this probe compares is a reply that is still JSON when the node dies
+             # against one already SSE: keep mcpmux's own switch (--sse-after) out of the way.
+             "--sse-after", "60"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(lambda: get(f"http://127.0.0.1:{self.aport}/readyz")[0] == 200, what="node ready")
 

@@ -10,6 +10,12 @@ then serves commands:
 - `{"op": "call", "n": N}`: every tenant makes N `echo` calls in turn (tenants concurrently);
 - `{"op": "load", "secs": S}`: every tenant calls `echo` back to back for S seconds; prints
   `{"event": "loading"}` as it starts;
+- `{"op": "slow", "tenants": [a, b], "ms": MS}`: each named tenant starts one `slow` call of
+  MS ms (no progress token, so the child sends nothing until it answers) and leaves it in
+  flight; prints `{"event": "streaming", "content_types": {tenant: type}}` once every one
+  of them has the response headers of its call;
+- `{"op": "slow_done"}`: waits for those calls to end and prints `{"event": "slow_done",
+  "outcome": {tenant: text}}` (`ok: <result>` or `raised <exception>: <message>`);
 - `{"op": "quit"}`: closes every client (DELETE), prints the report, exits 0.
 
 Each `call`/`load` prints `{"event": "done", "ok": {tenant: n}, "errors": {tenant: [text]},
@@ -31,6 +37,7 @@ import time
 from typing import Any
 
 import anyio
+import anyio.abc
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -44,6 +51,24 @@ class Tenant:
         self.session_ids: list[str] = []
         self.ok = 0
         self.errors: list[str] = []
+        # The Content-Type of the response to the slow call in flight, once its headers came.
+        self.slow_headers: str | None = None
+        self.slow_outcome: str | None = None
+
+    async def on_response(self, response: Any) -> None:
+        with contextlib.suppress(Exception):
+            body = json.loads(response.request.content)
+            if body.get("method") == "tools/call" and body["params"]["name"] == "slow":
+                self.slow_headers = response.headers.get("content-type", "")
+
+    async def slow(self, ms: int) -> None:
+        assert self.client is not None
+        try:
+            result = await self.client.call_tool("slow", {"ms": ms})
+            texts = [c.text for c in result.content if getattr(c, "type", None) == "text"]
+            self.slow_outcome = f"ok: {texts!r}"
+        except Exception as e:  # noqa: BLE001 - report whatever the SDK raised
+            self.slow_outcome = f"raised {type(e).__name__}: {e}"
 
     async def on_request(self, request: Any) -> None:
         sid = request.headers.get("mcp-session-id")
@@ -113,6 +138,23 @@ async def run_load(tenants: list[Tenant], secs: float) -> None:
             tg.start_soon(one, t)
 
 
+async def start_slow(tg: anyio.abc.TaskGroup, tenants: list[Tenant], names: list[str], ms: int) -> None:
+    slow = [t for t in tenants if t.name in names]
+    for t in slow:
+        t.slow_headers, t.slow_outcome = None, None
+        tg.start_soon(t.slow, ms)
+    while any(t.slow_headers is None and t.slow_outcome is None for t in slow):
+        await anyio.sleep(0.02)  # polls the hooks' record, bounded by the command's deadline
+    emit({"event": "streaming", "content_types": {t.name: t.slow_headers for t in slow}})
+
+
+async def slow_done(tenants: list[Tenant]) -> None:
+    while any(t.slow_headers is not None and t.slow_outcome is None for t in tenants):
+        await anyio.sleep(0.05)  # polls the calls' outcome, bounded by the command's deadline
+    outcome = {t.name: t.slow_outcome for t in tenants if t.slow_outcome is not None}
+    emit({"event": "slow_done", "outcome": outcome})
+
+
 async def main_async(args: argparse.Namespace) -> int:
     tenants = [Tenant(name) for name in args.tenants.split(",") if name]
     stdin = anyio.wrap_file(sys.stdin)
@@ -121,11 +163,13 @@ async def main_async(args: argparse.Namespace) -> int:
         # HTTP timeouts bound the handshakes, the test's timeout the whole process.
         for t in tenants:
             http = create_mcp_http_client(headers={"X-Client-ID": t.name})
-            http.event_hooks = {"request": [t.on_request]}
+            http.event_hooks = {"request": [t.on_request], "response": [t.on_response]}
             await stack.enter_async_context(http)
             transport = streamable_http_client(args.url, http_client=http)
             t.client = await stack.enter_async_context(Client(transport, mode="legacy"))
         emit({"event": "ready"})
+        # Slow calls outlive the command that starts them; quit comes after their end.
+        tg = await stack.enter_async_context(anyio.create_task_group())
         async for line in stdin:
             command = json.loads(line)
             op = command.get("op")
@@ -136,6 +180,12 @@ async def main_async(args: argparse.Namespace) -> int:
                     await run_call(tenants, int(command["n"]))
                 elif op == "load":
                     await run_load(tenants, float(command["secs"]))
+                elif op == "slow":
+                    await start_slow(tg, tenants, list(command["tenants"]), int(command["ms"]))
+                    continue
+                elif op == "slow_done":
+                    await slow_done(tenants)
+                    continue
                 else:
                     emit({"event": "error", "message": f"unknown op {op!r}"})
                     continue
