@@ -438,7 +438,7 @@ async fn bad_flags_and_settings_exit_64_before_binding_anything() {
         "--clients",
         dir,
     ];
-    let cases: [BadSetting<'_>; 12] = [
+    let cases: [BadSetting<'_>; 14] = [
         (&["--idle-ttl", "0"], &[], "idle-ttl"),
         (&[], &[("MCPMUX_IDLE_TTL", "0")], "idle-ttl"),
         (&["--max-children", "0"], &[], "max-children"),
