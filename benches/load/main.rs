@@ -14,6 +14,8 @@
 //! - **reload**: one changed file among 1,000 (write to effect, debounce included) and a full
 //!   rescan (SIGHUP to effect);
 //! - **cold**: a tenant's first request against the child's own spawn-plus-initialize;
+//! - **init**: a whole `initialize` (warm child) with signed session ids
+//!   (`--session-key-file`) against node-local ones, same round;
 //! - **soak**: RSS over a long c=64 run (10 minutes by default).
 //!
 //! Comparisons are repeated in rounds (`--rounds`, default 3) and reported as the median with
@@ -31,6 +33,7 @@ mod chart;
 mod floor;
 mod h2;
 mod http;
+mod init;
 mod load;
 mod mcp;
 mod procs;
@@ -54,7 +57,7 @@ usage: cargo bench --bench load -- [OPTIONS]
 
   --quick           short pass: 2 rounds of 2 s, 20 s soak, fewer cold starts and reloads
   --only LIST       sections to run, comma-separated (default all):
-                    latency,throughput,peers,sweep,memory,reload,cold,soak
+                    latency,throughput,peers,sweep,memory,reload,cold,init,soak
   --rounds N        rounds of the comparisons (default 3)
   --duration SECS   measured time of each load run (default 10)
   --warmup SECS     unmeasured time before it (default 1)
@@ -62,6 +65,7 @@ usage: cargo bench --bench load -- [OPTIONS]
   --soak SECS       length of the soak run (default 600; 0 skips it)
   --sessions N      idle sessions in the memory run (default 10000)
   --streams N       idle GET streams in the memory run (default 10000)
+  --handshakes N    initialize handshakes per daemon and round in the init run (default 2000)
   --levels LIST     concurrency levels of the sweep (default 1,2,4,8,16,32,64,128)
   --sweep-duration SECS  measured time of each sweep run (default 2)
   --out FILE        JSON results (default <target>/bench-results/load.json)
@@ -82,6 +86,7 @@ struct Args {
     streams: usize,
     cold_iterations: usize,
     reload_rounds: usize,
+    handshakes: usize,
     only: Vec<String>,
     levels: Vec<usize>,
     sweep_duration: Duration,
@@ -89,7 +94,7 @@ struct Args {
     chart: PathBuf,
 }
 
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "latency",
     "throughput",
     "peers",
@@ -97,6 +102,7 @@ const SECTIONS: [&str; 8] = [
     "memory",
     "reload",
     "cold",
+    "init",
     "soak",
 ];
 
@@ -112,6 +118,7 @@ impl Args {
             streams: 10_000,
             cold_iterations: 15,
             reload_rounds: 5,
+            handshakes: 2_000,
             only: SECTIONS.iter().map(|s| s.to_string()).collect(),
             levels: sweep::LEVELS.to_vec(),
             sweep_duration: Duration::from_secs(2),
@@ -141,6 +148,7 @@ impl Args {
                     a.soak = Duration::from_secs(20);
                     a.cold_iterations = 5;
                     a.reload_rounds = 3;
+                    a.handshakes = 300;
                     a.sweep_duration = Duration::from_secs(1);
                 }
                 "--only" => {
@@ -156,6 +164,7 @@ impl Args {
                 "--soak" => a.soak = secs(&val()?)?,
                 "--sessions" => a.sessions = num(&val()?)?,
                 "--streams" => a.streams = num(&val()?)?,
+                "--handshakes" => a.handshakes = num(&val()?)?.max(1),
                 "--levels" => {
                     a.levels = val()?
                         .split(',')
@@ -314,6 +323,16 @@ async fn run(args: Args) -> Result<(), String> {
             cold_rows(&c, &mut rows);
             out.insert("cold_start".into(), c.json());
         }
+    }
+    if args.wants("init") {
+        eprintln!(
+            "init: {} handshakes per daemon and round, signed ids against node-local ones",
+            args.handshakes
+        );
+        let dir = demo_dir(&work)?;
+        let c = init::run(&work, &dir, args.rounds, args.handshakes).await?;
+        init_rows(&c, &mut rows);
+        out.insert("initialize_signing".into(), c.json());
     }
     if args.wants("soak") && !args.soak.is_zero() {
         soak(&args, &work, &mut rows, &mut out).await?;
@@ -969,6 +988,24 @@ fn cold_rows(c: &scale::Cold, rows: &mut Vec<Row>) {
         )
         .judged(o <= 5.0, format!("missed by {:.2} ms", o - 5.0)),
     );
+}
+
+fn init_rows(c: &init::InitCost, rows: &mut Vec<Row>) {
+    let us = |v: &[f64]| format!("{} µs", Spread(v.to_vec()).show(1));
+    rows.push(Row::new(
+        "initialize (warm child), p50: signed ids / node-local ids",
+        us(&c.signed.p50_us),
+        us(&c.plain.p50_us),
+        format!("{}×", c.ratio(|s| &s.p50_us).show(3)),
+        "report",
+    ));
+    rows.push(Row::new(
+        "daemon CPU per handshake (initialize + initialized + DELETE): signed / node-local",
+        us(&c.signed.cpu_us),
+        us(&c.plain.cpu_us),
+        format!("{}×", c.ratio(|s| &s.cpu_us).show(3)),
+        "report",
+    ));
 }
 
 /// RSS of mcpmux over a long c=64 run on one tenant.

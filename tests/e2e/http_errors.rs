@@ -8,8 +8,9 @@
 use serde_json::{Value, json};
 
 use crate::util::{
-    ACCEPT_BOTH, Daemon, PROTOCOL_VERSION, TempClients, call_tool, echo_spec, error_parts,
-    initialize, initialize_params, mcp_request, messages, raw_http, response_to, rpc,
+    ACCEPT_BOTH, Daemon, PROTOCOL_VERSION, TempClients, assert_session_works, echo_spec,
+    error_parts, initialize, initialize_params, mcp_request, messages, post_json_only, raw_http,
+    response_to, rpc,
 };
 
 const PARSE_ERROR: i64 = -32700;
@@ -74,22 +75,6 @@ fn tools_list() -> Vec<u8> {
     br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#.to_vec()
 }
 
-/// Nothing was lost: `session` of `client_id` still answers a tool call.
-async fn assert_session_works(daemon: &Daemon, client_id: &str, session: &str) {
-    let called = call_tool(
-        daemon,
-        client_id,
-        session,
-        "echo",
-        json!({"message": "alive"}),
-    )
-    .await;
-    assert_eq!(
-        called["result"]["content"][0]["text"], "alive",
-        "session {session} of {client_id} must still serve tool calls: {called:#}"
-    );
-}
-
 // ---------------------------------------------------------------------------------------------
 // Path and method
 // ---------------------------------------------------------------------------------------------
@@ -121,7 +106,7 @@ async fn unknown_path_is_404_not_found_before_the_tenant_header() {
         }
     }
     let session = initialize(&daemon, "demo").await;
-    assert_session_works(&daemon, "demo", &session).await;
+    assert_session_works(&daemon, "demo", &session, "nothing else was lost").await;
 }
 
 #[tokio::test]
@@ -150,7 +135,7 @@ async fn put_and_patch_are_405_with_allow_get_post_delete() {
             "{method} /mcp must be 405"
         );
     }
-    assert_session_works(&daemon, "demo", &session).await;
+    assert_session_works(&daemon, "demo", &session, "nothing else was lost").await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -179,7 +164,7 @@ async fn accept_allowing_neither_json_nor_sse_is_406() {
             "Accept {accept:?} allows neither application/json nor text/event-stream"
         );
     }
-    assert_session_works(&daemon, "demo", &session).await;
+    assert_session_works(&daemon, "demo", &session, "nothing else was lost").await;
 }
 
 #[tokio::test]
@@ -239,7 +224,7 @@ async fn content_type_other_than_json_is_415() {
         200,
         "application/json with a charset is JSON"
     );
-    assert_session_works(&daemon, "demo", &session).await;
+    assert_session_works(&daemon, "demo", &session, "nothing else was lost").await;
 }
 
 const SMALL_LIMIT: &str = "2048";
@@ -285,7 +270,7 @@ async fn body_over_the_limit_by_content_length_is_413_before_it_is_sent() {
         200,
         "a body of exactly --max-body-bytes is accepted"
     );
-    assert_session_works(&daemon, "demo", &session).await;
+    assert_session_works(&daemon, "demo", &session, "nothing else was lost").await;
 }
 
 #[tokio::test]
@@ -310,9 +295,9 @@ async fn chunked_body_over_the_limit_is_413_and_the_daemon_keeps_serving() {
         (413, INVALID_REQUEST),
         "a chunked body growing past --max-body-bytes must be 413"
     );
-    assert_session_works(&daemon, "demo", &session).await;
+    assert_session_works(&daemon, "demo", &session, "nothing else was lost").await;
     let other = initialize(&daemon, "demo").await;
-    assert_session_works(&daemon, "demo", &other).await;
+    assert_session_works(&daemon, "demo", &other, "nothing else was lost").await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -339,7 +324,7 @@ async fn malformed_json_is_400_parse_error() {
             String::from_utf8_lossy(body)
         );
     }
-    assert_session_works(&daemon, "demo", &session).await;
+    assert_session_works(&daemon, "demo", &session, "nothing else was lost").await;
 }
 
 #[tokio::test]
@@ -373,7 +358,7 @@ async fn batch_array_is_400_invalid_request() {
         "a refused batch opens no session"
     );
     assert_eq!(transport_error(resp).await, (400, INVALID_REQUEST));
-    assert_session_works(&daemon, "demo", &session).await;
+    assert_session_works(&daemon, "demo", &session, "nothing else was lost").await;
 }
 
 #[tokio::test]
@@ -422,7 +407,7 @@ async fn message_of_the_wrong_shape_is_400_invalid_request() {
             "{case}: {body} is JSON but not a JSON-RPC 2.0 message"
         );
     }
-    assert_session_works(&daemon, "demo", &session).await;
+    assert_session_works(&daemon, "demo", &session, "nothing else was lost").await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -448,7 +433,7 @@ async fn request_without_session_id_is_400() {
         (400, INVALID_REQUEST),
         "DELETE without Mcp-Session-Id must be 400"
     );
-    assert_session_works(&daemon, "demo", &session).await;
+    assert_session_works(&daemon, "demo", &session, "nothing else was lost").await;
 }
 
 #[tokio::test]
@@ -467,7 +452,7 @@ async fn unknown_session_id_is_404() {
             "Mcp-Session-Id {sid:?} was never issued"
         );
     }
-    assert_session_works(&daemon, "demo", &session).await;
+    assert_session_works(&daemon, "demo", &session, "nothing else was lost").await;
 }
 
 #[tokio::test]
@@ -492,8 +477,8 @@ async fn session_id_used_with_another_tenants_header_is_404_and_stays_valid_for_
             "{wrong} must not be able to end another tenant's session"
         );
     }
-    assert_session_works(&daemon, "alpha", &alpha).await;
-    assert_session_works(&daemon, "beta", &beta).await;
+    assert_session_works(&daemon, "alpha", &alpha, "nothing else was lost").await;
+    assert_session_works(&daemon, "beta", &beta, "nothing else was lost").await;
 }
 
 #[tokio::test]
@@ -580,7 +565,7 @@ async fn delete_ends_only_that_session() {
         (404, INVALID_REQUEST),
         "a second DELETE of the same session is 404"
     );
-    assert_session_works(&daemon, "demo", &kept).await;
+    assert_session_works(&daemon, "demo", &kept, "nothing else was lost").await;
 }
 
 #[tokio::test]
@@ -608,7 +593,7 @@ async fn notification_is_202_with_an_empty_body() {
             "notification {note} must be 202 with an empty body"
         );
     }
-    assert_session_works(&daemon, "demo", &session).await;
+    assert_session_works(&daemon, "demo", &session, "nothing else was lost").await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -683,17 +668,8 @@ async fn initialize_accepting_only_json_is_answered_as_json() {
         "{got:#?}"
     );
     // The same holds for later requests in the session.
-    let resp = daemon
-        .http()
-        .post(daemon.url())
-        .header("X-Client-ID", "demo")
-        .header("Mcp-Session-Id", &sid)
-        .header("Accept", "application/json")
-        .header("Content-Type", "application/json")
-        .body(tools_list())
-        .send()
-        .await
-        .unwrap();
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    let resp = post_json_only(&daemon, "demo", Some(&sid), &list).await;
     assert_eq!(
         (resp.status().as_u16(), ctype_of(&resp).as_str()),
         (200, "application/json")
@@ -739,7 +715,7 @@ async fn origin_not_on_the_allow_list_is_403_forbidden_origin() {
     }
     // No Origin at all (a non-browser caller) is not a cross-site request.
     let session = initialize(&daemon, "demo").await;
-    assert_session_works(&daemon, "demo", &session).await;
+    assert_session_works(&daemon, "demo", &session, "nothing else was lost").await;
 }
 
 #[tokio::test]

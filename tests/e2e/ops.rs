@@ -16,8 +16,8 @@ use crate::lifecycle::grandchild_spec;
 use crate::util::{
     ChildLog, Daemon, HTTP_TIMEOUT, STARTUP_TIMEOUT, STOP_TIMEOUT, Signal, TempClients, admin_get,
     admin_status, call_tool, child_pid, error_parts, fake_child_spec, finish_call, initialize,
-    initialize_params, mcp_request, mcpmux_command, open_slow_call, post, tenant_status,
-    unique_marker, wait_no_process_with_marker,
+    initialize_params, mcp_request, mcpmux_command, open_slow_call, post, serve_args,
+    tenant_status, unique_marker, wait_no_process_with_marker,
 };
 
 /// Bound for a daemon's children and grandchildren to be gone once it exited.
@@ -429,15 +429,7 @@ async fn bad_flags_and_settings_exit_64_before_binding_anything() {
     let listen = held.local_addr().unwrap().to_string();
     let admin = held_admin.local_addr().unwrap().to_string();
     let dir = clients.path().to_str().unwrap();
-    let base = [
-        "serve",
-        "--listen",
-        &listen,
-        "--admin-listen",
-        &admin,
-        "--clients",
-        dir,
-    ];
+    let base = serve_args(&listen, &admin, dir);
     let cases: [BadSetting<'_>; 14] = [
         (&["--idle-ttl", "0"], &[], "idle-ttl"),
         (&[], &[("MCPMUX_IDLE_TTL", "0")], "idle-ttl"),

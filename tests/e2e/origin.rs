@@ -6,7 +6,8 @@
 use serde_json::{Value, json};
 
 use crate::util::{
-    ACCEPT_BOTH, Daemon, TempClients, call_tool, echo_spec, initialize, initialize_params, raw_http,
+    ACCEPT_BOTH, Daemon, TempClients, assert_session_works, echo_spec, initialize,
+    initialize_params, raw_http,
 };
 
 async fn demo_daemon(extra: &[&str]) -> (TempClients, Daemon) {
@@ -110,18 +111,7 @@ async fn loopback_origins_pass_by_default_and_foreign_ones_are_refused_in_any_po
     );
     // Nothing was lost: the tenant still serves a session.
     let session = initialize(&daemon, "demo").await;
-    let called = call_tool(
-        &daemon,
-        "demo",
-        &session,
-        "echo",
-        json!({"message": "alive"}),
-    )
-    .await;
-    assert_eq!(
-        called["result"]["content"][0]["text"], "alive",
-        "{called:#}"
-    );
+    assert_session_works(&daemon, "demo", &session, "after the refusals").await;
 }
 
 #[tokio::test]

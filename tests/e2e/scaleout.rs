@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -21,7 +21,10 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::time::{Instant, timeout};
 
 use crate::interop::{ensure_setup, venv_python};
-use crate::util::{Daemon, STOP_TIMEOUT, Signal, TempClients, admin_status, echo_spec, repo_root};
+use crate::util::{
+    Daemon, STOP_TIMEOUT, Signal, TempClients, admin_status, echo_spec, free_port, repo_root,
+    serve_args, system_binary,
+};
 
 /// Bound for HAProxy to see a node change state (checks every 1 s, 2 to fall or rise).
 const HAPROXY_STATE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -78,18 +81,13 @@ impl Node {
             None => ("127.0.0.1:0".to_string(), "127.0.0.1:0".to_string()),
         };
         let key_path = keys.path();
-        let mut args = vec![
-            "serve",
-            "--listen",
-            &listen,
-            "--admin-listen",
-            &admin,
+        let dir = clients.path().to_str().expect("UTF-8 temp path");
+        let mut args = serve_args(&listen, &admin, dir);
+        args.extend([
             "--allow-open-tenants",
-            "--clients",
-            clients.path().to_str().expect("UTF-8 temp path"),
             "--session-key-file",
             key_path.to_str().expect("UTF-8 temp path"),
-        ];
+        ]);
         args.extend(extra);
         let daemon = Daemon::spawn(&args, &[]).await;
         let tenant_port = daemon.addr().port();
@@ -137,12 +135,6 @@ pub struct Haproxy {
     _dir: tempfile::TempDir,
     socket: PathBuf,
     pub port: u16,
-}
-
-/// A loopback port free at the time of asking (HAProxy cannot report an ephemeral bind).
-fn free_port() -> u16 {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    probe.local_addr().expect("its address").port()
 }
 
 /// Replaces `from` in `text`, which must occur: the recipe and this harness stay in step.
@@ -270,11 +262,7 @@ impl Drop for Haproxy {
 }
 
 fn haproxy_binary() -> &'static str {
-    if Path::new("/usr/sbin/haproxy").exists() {
-        "/usr/sbin/haproxy"
-    } else {
-        "haproxy"
-    }
+    system_binary("/usr/sbin/haproxy", "haproxy")
 }
 
 /// `scaleout_client.py`: one SDK `Client` per tenant, commanded line by line.
@@ -399,6 +387,25 @@ async fn placement(nodes: &[&Node]) -> BTreeMap<String, usize> {
     out
 }
 
+/// The node holding the most tenants in `placement`, and those tenants.
+fn busiest(placement: &BTreeMap<String, usize>) -> (usize, Vec<String>) {
+    let victim = (0..3)
+        .max_by_key(|n| placement.values().filter(|v| *v == n).count())
+        .unwrap_or(0);
+    let tenants = placement
+        .iter()
+        .filter(|(_, n)| **n == victim)
+        .map(|(t, _)| t.clone())
+        .collect();
+    (victim, tenants)
+}
+
+/// Every node but `victim`.
+fn survivors(nodes: &[Node], victim: usize) -> Vec<&Node> {
+    let others = nodes.iter().enumerate().filter(|(n, _)| *n != victim);
+    others.map(|(_, node)| node).collect()
+}
+
 fn session_ids(report: &Value) -> BTreeMap<String, Value> {
     TENANTS
         .iter()
@@ -424,14 +431,7 @@ async fn sdk_clients_keep_their_sessions_across_a_node_killed_and_restarted_behi
         "every tenant has its session on one node: {before:?}"
     );
     // The victim: the node holding the most tenants.
-    let victim = (0..3)
-        .max_by_key(|n| before.values().filter(|v| *v == n).count())
-        .unwrap();
-    let moved: Vec<&String> = before
-        .iter()
-        .filter(|(_, n)| **n == victim)
-        .map(|(t, _)| t)
-        .collect();
+    let (victim, moved) = busiest(&before);
     assert!(!moved.is_empty());
 
     // Each moved tenant has a long call in flight on the victim when it dies. The child says
@@ -471,16 +471,10 @@ async fn sdk_clients_keep_their_sessions_across_a_node_killed_and_restarted_behi
     }
     let after_kill = driver.call(3).await;
     assert_clean(&after_kill, 3, &sessions, "after the node was killed");
-    let survivors: Vec<&Node> = nodes
-        .iter()
-        .enumerate()
-        .filter(|(n, _)| *n != victim)
-        .map(|(_, node)| node)
-        .collect();
-    let now = placement(&survivors).await;
+    let now = placement(&survivors(&nodes, victim)).await;
     for tenant in &moved {
         assert!(
-            now.contains_key(*tenant),
+            now.contains_key(tenant),
             "{tenant}'s session must have been resumed on a surviving node: {now:?}"
         );
     }
@@ -493,7 +487,7 @@ async fn sdk_clients_keep_their_sessions_across_a_node_killed_and_restarted_behi
     let returned = nodes[victim].tenants_with_sessions().await;
     for tenant in &moved {
         assert!(
-            returned.contains(*tenant),
+            returned.contains(tenant),
             "{tenant} must be served by its own node again: {returned:?}"
         );
     }
@@ -514,14 +508,7 @@ async fn sigterm_with_a_shutdown_delay_behind_haproxy_without_redispatch_fails_n
     let sessions = session_ids(&warm);
     assert_clean(&warm, 1, &sessions, "before the stop");
     let before = placement(&nodes.iter().collect::<Vec<_>>()).await;
-    let victim = (0..3)
-        .max_by_key(|n| before.values().filter(|v| *v == n).count())
-        .unwrap();
-    let moved: Vec<String> = before
-        .iter()
-        .filter(|(_, n)| **n == victim)
-        .map(|(t, _)| t.clone())
-        .collect();
+    let (victim, moved) = busiest(&before);
 
     driver.send(json!({"op": "load", "secs": 10})).await;
     driver.expect("loading").await;
@@ -555,13 +542,7 @@ async fn sigterm_with_a_shutdown_delay_behind_haproxy_without_redispatch_fails_n
             "{id} keeps its session: {load:#}"
         );
     }
-    let survivors: Vec<&Node> = nodes
-        .iter()
-        .enumerate()
-        .filter(|(n, _)| *n != victim)
-        .map(|(_, node)| node)
-        .collect();
-    let now = placement(&survivors).await;
+    let now = placement(&survivors(&nodes, victim)).await;
     for tenant in &moved {
         assert!(
             now.contains_key(tenant),

@@ -12,8 +12,9 @@ use tokio::time::{Instant, timeout};
 
 use crate::scaleout::{KeyFile, Node};
 use crate::util::{
-    Daemon, STARTUP_TIMEOUT, Signal, TempClients, call_tool, echo_spec, error_parts, initialize,
-    mcp_request, mcpmux_command, post,
+    Daemon, HTTP_TIMEOUT, STARTUP_TIMEOUT, Signal, SseStream, TempClients, assert_session_works,
+    call_tool, echo_spec, error_parts, fake_child_spec, initialize, mcp_request, mcpmux_command,
+    post, serve_args,
 };
 
 const KEY_A: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
@@ -62,18 +63,7 @@ async fn assert_404(node: &Node, tenant: &str, session: &str, what: &str) {
 
 /// The session answers a tool call on `node`.
 async fn assert_works(node: &Node, tenant: &str, session: &str, what: &str) {
-    let called = call_tool(
-        &node.daemon,
-        tenant,
-        session,
-        "echo",
-        json!({"message": "alive"}),
-    )
-    .await;
-    assert_eq!(
-        called["result"]["content"][0]["text"], "alive",
-        "{what}: the session must serve tool calls: {called:#}"
-    );
+    assert_session_works(&node.daemon, tenant, session, what).await;
 }
 
 /// `token` with byte `at` replaced by another visible character.
@@ -305,17 +295,8 @@ async fn a_bad_key_file_exits_64_naming_the_problem_before_binding() {
     let path = keys.path();
     for (text, mode, named) in cases {
         keys.write(text, mode);
-        let args = [
-            "serve",
-            "--listen",
-            &listen,
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--clients",
-            clients.path().to_str().unwrap(),
-            "--session-key-file",
-            path.to_str().unwrap(),
-        ];
+        let mut args = serve_args(&listen, "127.0.0.1:0", clients.path().to_str().unwrap());
+        args.extend(["--session-key-file", path.to_str().unwrap()]);
         let mut cmd = mcpmux_command(&args);
         cmd.stdin(Stdio::null()).kill_on_drop(true);
         let out = timeout(STARTUP_TIMEOUT, cmd.output())
@@ -337,5 +318,63 @@ async fn a_bad_key_file_exits_64_naming_the_problem_before_binding() {
     assert!(
         session.len() == 64 && session.bytes().all(|b| b.is_ascii_hexdigit()),
         "without the flag ids stay node-local random values: {session}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_session_is_told_to_refetch_every_list_its_child_can_change() {
+    let clients = TempClients::new();
+    clients.write("lists", &fake_child_spec(&["--list-changed"]));
+    let keys = KeyFile::new(&format!("{KEY_A}\n"));
+    let first = Node::start(&clients, &keys, None, &[]).await;
+    let second = Node::start(&clients, &keys, None, &[]).await;
+    let session = initialize(&first.daemon, "lists").await;
+    let (status, body) = list(&second, "lists", &session).await;
+    assert_eq!(status, 200, "resumed on the second node: {body}");
+
+    // Its subscriptions did not move, so the session is told to refetch what may differ.
+    let get = |node: &Node| {
+        mcp_request(
+            &node.daemon,
+            reqwest::Method::GET,
+            Some("lists"),
+            Some(&session),
+        )
+        .send()
+    };
+    let mut resumed = SseStream::new(get(&second).await.unwrap());
+    let mut told = Vec::new();
+    for _ in 0..3 {
+        let contract = "the resumed session's GET stream carries the list_changed notifications";
+        let message = resumed.next_message(HTTP_TIMEOUT, contract).await;
+        told.push(message["method"].as_str().unwrap_or_default().to_owned());
+    }
+    told.sort();
+    assert_eq!(
+        told,
+        [
+            "notifications/prompts/list_changed",
+            "notifications/resources/list_changed",
+            "notifications/tools/list_changed",
+        ]
+    );
+
+    // The node that made the session resumed nothing: its first notification there is the
+    // child's own, marked one.
+    let mut own = SseStream::new(get(&first).await.unwrap());
+    let called = call_tool(
+        &first.daemon,
+        "lists",
+        &session,
+        "notify",
+        json!({"marker": "the child's own"}),
+    )
+    .await;
+    assert!(called.get("result").is_some(), "{called:#}");
+    let contract = "the session's own node forwards the child's notification";
+    let first_told = own.next_message(HTTP_TIMEOUT, contract).await;
+    assert_eq!(
+        first_told["params"]["_meta"]["marker"], "the child's own",
+        "no resume announcement on the node that holds the session: {first_told:#}"
     );
 }

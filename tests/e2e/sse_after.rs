@@ -11,7 +11,8 @@ use tokio::time::{Instant, timeout};
 
 use crate::stateless::Probe;
 use crate::util::{
-    Daemon, HTTP_TIMEOUT, SseEvent, SseParser, TempClients, echo_spec, initialize, post,
+    Daemon, HTTP_TIMEOUT, SseEvent, SseParser, TempClients, assert_session_works, echo_spec,
+    initialize, post, post_json_only,
 };
 
 fn clients() -> TempClients {
@@ -119,17 +120,8 @@ async fn a_call_silent_past_the_threshold_arrives_as_sse_and_a_prompt_one_as_jso
     );
 
     // A caller that takes only JSON waits for JSON, however long.
-    let resp = daemon
-        .http()
-        .post(daemon.url())
-        .header("Accept", "application/json")
-        .header("Content-Type", "application/json")
-        .header("X-Client-ID", "demo")
-        .header("Mcp-Session-Id", &session)
-        .body(call(3, "slow", json!({"ms": 1500})).to_string())
-        .send()
-        .await
-        .unwrap();
+    let slow = call(3, "slow", json!({"ms": 1500}));
+    let resp = post_json_only(&daemon, "demo", Some(&session), &slow).await;
     assert_eq!(content_type(&resp), "application/json");
     let body: Value = resp.json().await.unwrap();
     assert_eq!(
@@ -175,17 +167,8 @@ async fn sse_after_zero_answers_every_sse_caller_with_sse_and_json_callers_with_
         "{reply:#}"
     );
 
-    let resp = daemon
-        .http()
-        .post(daemon.url())
-        .header("Accept", "application/json")
-        .header("Content-Type", "application/json")
-        .header("X-Client-ID", "demo")
-        .header("Mcp-Session-Id", &session)
-        .body(call(2, "echo", json!({"message": "plain"})).to_string())
-        .send()
-        .await
-        .unwrap();
+    let echo = call(2, "echo", json!({"message": "plain"}));
+    let resp = post_json_only(&daemon, "demo", Some(&session), &echo).await;
     assert_eq!(content_type(&resp), "application/json");
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["result"]["content"][0]["text"], "plain", "{body:#}");
@@ -219,14 +202,5 @@ async fn the_switch_to_sse_does_not_extend_the_request_timeout() {
         took >= Duration::from_secs(4) && took < Duration::from_millis(6500),
         "the request timeout runs from the request, across the switch: {took:?}"
     );
-    // Nothing else was lost: the session goes on.
-    let resp = post(
-        &daemon,
-        Some("demo"),
-        Some(&session),
-        &call(2, "echo", json!({"message": "alive"})),
-    )
-    .await;
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["result"]["content"][0]["text"], "alive", "{body:#}");
+    assert_session_works(&daemon, "demo", &session, "after the timeout").await;
 }

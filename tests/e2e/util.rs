@@ -132,11 +132,12 @@ pub fn echo_spec() -> Value {
 /// The system's Python (under `/usr`, which the sandbox grants) when there is one; a
 /// `python3` found first on `PATH` may be a shim (pyenv) whose tree the sandbox denies.
 pub fn system_python() -> &'static str {
-    if Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    }
+    system_binary("/usr/bin/python3", "python3")
+}
+
+/// `path` when it exists, else `name` to be found on `PATH`.
+pub fn system_binary(path: &'static str, name: &'static str) -> &'static str {
+    if Path::new(path).exists() { path } else { name }
 }
 
 /// The fixtures directory, which a Python fixture's client file grants read access to
@@ -1143,6 +1144,65 @@ pub fn tenant_status<'a>(status: &'a Value, client_id: &str) -> &'a Value {
     let tenants = tenants.unwrap_or_else(|| panic!("/status must list tenants: {status:#}"));
     let found = tenants.iter().find(|t| t["client_id"] == client_id);
     found.unwrap_or_else(|| panic!("/status must list tenant {client_id}: {status:#}"))
+}
+
+/// Asserts `session` of `client_id` still answers a tool call (nothing else was lost);
+/// `what` says when.
+pub async fn assert_session_works(daemon: &Daemon, client_id: &str, session: &str, what: &str) {
+    let called = call_tool(
+        daemon,
+        client_id,
+        session,
+        "echo",
+        json!({"message": "alive"}),
+    )
+    .await;
+    assert_eq!(
+        called["result"]["content"][0]["text"], "alive",
+        "{what}: session {session} of {client_id} must serve tool calls: {called:#}"
+    );
+}
+
+/// POSTs one JSON-RPC message from a caller that accepts only `application/json`.
+pub async fn post_json_only(
+    daemon: &Daemon,
+    client_id: &str,
+    session: Option<&str>,
+    body: &Value,
+) -> reqwest::Response {
+    let mut req = daemon
+        .http()
+        .post(daemon.url())
+        .header("Accept", "application/json")
+        .header("Content-Type", "application/json")
+        .header("X-Client-ID", client_id);
+    if let Some(session) = session {
+        req = req.header("Mcp-Session-Id", session);
+    }
+    req.body(body.to_string())
+        .send()
+        .await
+        .expect("daemon must answer a POST to /mcp")
+}
+
+/// The arguments of `mcpmux serve` on `listen` and `admin` over the clients dir `clients`.
+pub fn serve_args<'a>(listen: &'a str, admin: &'a str, clients: &'a str) -> Vec<&'a str> {
+    vec![
+        "serve",
+        "--listen",
+        listen,
+        "--admin-listen",
+        admin,
+        "--clients",
+        clients,
+    ]
+}
+
+/// A loopback port free at the time of asking (for a program that cannot report an
+/// ephemeral bind, or a restart on the same port).
+pub fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    probe.local_addr().expect("its address").port()
 }
 
 /// The fake child's `slow` tool arguments: `ms` long, a progress notification every 100 ms.
