@@ -280,13 +280,17 @@ impl Era for StatelessEra {
     }
 
     /// The whole answer in one message; a child's "method not found" becomes a 404, as
-    /// 2026-07-28 requires of a server that does not implement a method.
+    /// 2026-07-28 requires of a server that does not implement a method, and a missing
+    /// client capability (the relay's -32021) a 400.
     fn answer(&self, message: Bytes, accept: Accept) -> Response<Body> {
         let reply = rules::complete_reply(&self.method, message, self.server_info.as_deref());
-        if rules::is_method_not_found(&reply) {
-            return json_response(StatusCode::NOT_FOUND, reply);
+        match rules::error_code(&reply) {
+            Some(METHOD_NOT_FOUND) => json_response(StatusCode::NOT_FOUND, reply),
+            Some(rules::MISSING_REQUIRED_CLIENT_CAPABILITY) => {
+                json_response(StatusCode::BAD_REQUEST, reply)
+            }
+            _ => single(reply, accept),
         }
-        single(reply, accept)
     }
 
     /// Progress, then the final reply, as SSE. Closing the stream is cancellation in this

@@ -146,6 +146,42 @@ impl ClientCaps {
     }
 }
 
+/// The client capabilities a caller must declare to be sent the child's request `method`
+/// with `params`: the `requiredCapabilities` of a -32021 error. `None` when no declaration
+/// would do: task-augmented requests (never routed) and methods no caller is asked.
+pub fn required_for(method: &str, params: Option<&RawValue>) -> Option<serde_json::Value> {
+    use serde_json::json;
+    let raw = params.map_or("{}", |p| p.get());
+    match method {
+        "roots/list" => Some(json!({"roots": {}})),
+        "sampling/createMessage" => {
+            let p = serde_json::from_str::<SamplingParams<'_>>(raw).ok()?;
+            if p.task.is_some() {
+                return None;
+            }
+            let mut sampling = json!({});
+            if p.tools.is_some() || p.tool_choice.is_some() {
+                sampling["tools"] = json!({});
+            }
+            if p.include_context.as_deref().is_some_and(|c| c != "none") {
+                sampling["context"] = json!({});
+            }
+            Some(json!({ "sampling": sampling }))
+        }
+        "elicitation/create" => {
+            let p = serde_json::from_str::<ElicitParams<'_>>(raw).ok()?;
+            match (p.task, p.mode.as_deref()) {
+                (Some(_), _) => None,
+                // An empty object declares form mode (the spec's own example).
+                (None, None | Some("form")) => Some(json!({"elicitation": {}})),
+                (None, Some("url")) => Some(json!({"elicitation": {"url": {}}})),
+                (None, Some(_)) => None,
+            }
+        }
+        _ => None,
+    }
+}
+
 /// The client `capabilities` mcpmux declares to a child, as JSON: every request kind it can
 /// route to a session that declared it, with `experimental` as the first caller gave it.
 pub fn servable(experimental: Option<&RawValue>) -> String {
@@ -184,6 +220,40 @@ pub fn child_params(first: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn required_capabilities_name_the_exact_sub_capability() {
+        let required = |method: &str, params: &str| required_for(method, Some(&raw(params)));
+        let cases = [
+            ("roots/list", "{}", Some(serde_json::json!({"roots": {}}))),
+            (
+                "sampling/createMessage",
+                r#"{"messages":[]}"#,
+                Some(serde_json::json!({"sampling": {}})),
+            ),
+            (
+                "sampling/createMessage",
+                r#"{"messages":[],"tools":[],"includeContext":"allServers"}"#,
+                Some(serde_json::json!({"sampling": {"tools": {}, "context": {}}})),
+            ),
+            (
+                "elicitation/create",
+                r#"{"message":"m"}"#,
+                Some(serde_json::json!({"elicitation": {}})),
+            ),
+            (
+                "elicitation/create",
+                r#"{"mode":"url"}"#,
+                Some(serde_json::json!({"elicitation": {"url": {}}})),
+            ),
+            ("elicitation/create", r#"{"mode":"form","task":{}}"#, None),
+            ("sampling/createMessage", r#"{"task":{}}"#, None),
+            ("ping", "{}", None),
+        ];
+        for (method, params, want) in cases {
+            assert_eq!(required(method, params), want, "{method} {params}");
+        }
+    }
 
     fn raw(text: &str) -> Box<RawValue> {
         RawValue::from_string(text.to_owned()).unwrap()

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::call::{Call, CallEvent, InflightGuard, input_owner};
-use super::caps::ClientCaps;
+use super::caps::{self, ClientCaps};
 use super::envelope::{
     self, Envelope, EnvelopeError, INTERNAL_ERROR, Kind, MAX_DEPTH, METHOD_NOT_FOUND, span_of,
     splice,
@@ -30,7 +30,7 @@ use super::interest::{self, Level, Told};
 use super::reverse::ReverseRequests;
 use super::session::{Session, Sessions};
 use super::slot::{self, Answer, Related};
-use super::stateless::{Declared, ToolHeaders};
+use super::stateless::{Declared, MISSING_REQUIRED_CLIENT_CAPABILITY, ToolHeaders};
 use super::tasks::{Reply, STATELESS_OWNER, TaskError};
 use crate::child::{ChildEvent, ChildHandle, ExitInfo, ExitReason};
 use crate::clients::{ClientId, Limits};
@@ -671,7 +671,23 @@ impl Relay {
                 let nobody = |_: &ClientCaps| false;
                 child_id.and_then(|child_id| self.forward_to_caller(&out, child_id, only, nobody))
             }
-            None => self.forward_to_caller(line, id.get(), can, asks),
+            None => {
+                let asked = self.ask_in_flight(line, id.get(), can, asks);
+                if asked.is_none()
+                    && let Some(call) = self.fail_call_lacking(method, env.params)
+                {
+                    let why = format!("the caller did not declare the capability for {method}");
+                    self.refuse_child(&envelope::error_response(
+                        id.get(),
+                        METHOD_NOT_FOUND,
+                        &why,
+                        None,
+                    ));
+                    self.cancel_at_child(call, "the caller lacks a capability the request needs");
+                    return;
+                }
+                asked.or_else(|| self.ask_on_get(line, id.get(), can))
+            }
         };
         if let Some(session) = delivered {
             if method == "elicitation/create"
@@ -687,22 +703,67 @@ impl Relay {
             let message = format!("no caller of this tenant can answer {method}");
             envelope::error_response(id.get(), METHOD_NOT_FOUND, &message, None)
         };
-        // Never leave the child waiting: an answer goes back at once.
-        if self.child.try_send(reply.into()).is_err() {
+        self.refuse_child(&reply);
+    }
+
+    /// Answers a child's request at once (never leave the child waiting).
+    fn refuse_child(&self, reply: &[u8]) {
+        if self.child.try_send(Bytes::copy_from_slice(reply)).is_err() {
             debug!(client_id = %self.client_id, "could not answer the child's request: input queue full");
         }
     }
 
-    /// Sends a child request to one caller that can answer it: on the reply of the
-    /// request that reached the child most recently among those whose caller can take it
-    /// (a session's SSE reply whose session `can`, or a stateless call whose declared
-    /// capabilities `asks` allows, which asks in an `input_required` round), else on the GET
-    /// stream of a session that `can`. Returns the owner that took it (a session id, or the
-    /// stateless call's [`input_owner`]); `None` when none can.
+    /// When the caller request that reached the child most recently is a stateless call
+    /// that could be asked in rounds, but not for the child's request `method` (nobody that
+    /// can answer took it): that call is answered -32021 naming the capability it lacks
+    /// (2026-07-28: a server needing an undeclared client capability), and its child-side
+    /// id is returned, for the caller is done with it. `None` leaves routing as it was.
+    fn fail_call_lacking(&self, method: &str, params: Option<&RawValue>) -> Option<u64> {
+        let required = caps::required_for(method, params)?;
+        let (child_id, entry) = {
+            let mut pending = lock(&self.pending);
+            let latest = pending
+                .iter()
+                .filter(|(_, p)| p.session.is_some() || p.asks.is_some())
+                .max_by_key(|(_, p)| p.reached)
+                .filter(|(_, p)| p.session.is_none())
+                .map(|(n, _)| *n)?;
+            (latest, pending.remove(&latest)?)
+        };
+        let id = String::from_utf8_lossy(&entry.orig_id);
+        let message = format!(
+            "serving this request needs the client capability to answer {method}, which it did not declare"
+        );
+        let data = json!({ "requiredCapabilities": required });
+        let code = MISSING_REQUIRED_CLIENT_CAPABILITY;
+        let error = envelope::error_response(&id, code, &message, Some(&data));
+        entry.answer.finish(error.into()); // the caller may have gone; nothing to do
+        debug!(client_id = %self.client_id, method, "child request needs a capability its caller lacks");
+        Some(child_id)
+    }
+
+    /// Sends a child request to one caller that can answer it: [`Self::ask_in_flight`],
+    /// else [`Self::ask_on_get`]. Returns the owner that took it; `None` when none can.
+    fn forward_to_caller(
+        &self,
+        line: &[u8],
+        child_id: &str,
+        can: impl Fn(&Session) -> bool,
+        asks: impl Fn(&ClientCaps) -> bool,
+    ) -> Option<Arc<str>> {
+        let asked = self.ask_in_flight(line, child_id, &can, &asks);
+        asked.or_else(|| self.ask_on_get(line, child_id, &can))
+    }
+
+    /// Sends a child request on the reply of the request that reached the child most
+    /// recently among those whose caller can take it (a session's SSE reply whose session
+    /// `can`, or a stateless call whose declared capabilities `asks` allows, which asks in
+    /// an `input_required` round). Returns the owner that took it (a session id, or the
+    /// stateless call's [`input_owner`]).
     ///
     /// A stdio child does not say which call caused its request; "most recent" is exact
     /// when calls reach the child one after the other, a guess when they overlap.
-    fn forward_to_caller(
+    fn ask_in_flight(
         &self,
         line: &[u8],
         child_id: &str,
@@ -721,6 +782,17 @@ impl Relay {
             }
             self.reverse.forget(caller_id);
         }
+        None
+    }
+
+    /// Sends a child request on the GET stream of a session that `can` answer it.
+    fn ask_on_get(
+        &self,
+        line: &[u8],
+        child_id: &str,
+        can: impl Fn(&Session) -> bool,
+    ) -> Option<Arc<str>> {
+        let span = span_of(line, child_id)?;
         for session in self.sessions.with_live_get(&can) {
             let caller_id = self.reverse.register(child_id, session.id.clone());
             let out = splice(
@@ -898,7 +970,14 @@ impl Relay {
         let Some(_) = lock(&self.pending).remove(&child_id) else {
             return;
         };
-        if !cancellable || !self.alive.load(Ordering::Acquire) {
+        if cancellable {
+            self.cancel_at_child(child_id, reason);
+        }
+    }
+
+    /// Tells a live child `notifications/cancelled` for its request `child_id`.
+    fn cancel_at_child(&self, child_id: u64, reason: &str) {
+        if !self.alive.load(Ordering::Acquire) {
             return;
         }
         let note = json!({

@@ -29,7 +29,7 @@ use tokio::time::timeout;
 use crate::interop::{ensure_setup, everything_entry};
 use crate::util::{
     ChildLog, Daemon, HTTP_TIMEOUT, SseStream, TempClients, call_tool, initialize_params,
-    initialize_with, logged_fake_child_spec, post, repo_root,
+    initialize_with, logged_fake_child_spec, post, repo_root, sampled_result, sampling_params,
 };
 
 /// Bound for one Python SDK run (spawn, handshake, scenario, teardown); it enforces 10 s less.
@@ -84,11 +84,8 @@ async fn interop_daemon(tap: &ChildLog, fake: &ChildLog) -> (TempClients, Daemon
 
 /// Every message in `log` that is a response (no `method`) with a `result`.
 fn responses_in(log: &ChildLog) -> Vec<Value> {
-    let lines = log.lines();
-    let parsed = lines
-        .iter()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap());
-    parsed
+    let messages = log.messages().into_iter();
+    messages
         .filter(|m| m.get("method").is_none() && m.get("result").is_some())
         .collect()
 }
@@ -176,20 +173,9 @@ async fn answer(daemon: &Daemon, session: &str, message: &Value) {
     );
 }
 
-/// A sampling request's params whose text is `marker`.
-fn sampling_params(marker: &str) -> Value {
-    json!({
-        "messages": [{"role": "user", "content": {"type": "text", "text": marker}}],
-        "maxTokens": 5
-    })
-}
-
 /// A sampling answer whose text is `text`.
 fn sampled(id: &Value, text: &str) -> Value {
-    json!({
-        "jsonrpc": "2.0", "id": id,
-        "result": {"role": "assistant", "content": {"type": "text", "text": text}, "model": "m"}
-    })
+    json!({"jsonrpc": "2.0", "id": id, "result": sampled_result(text)})
 }
 
 /// Everything one call's SSE reply carried, in order, with the caller's answers given as the

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use tokio::time::{Instant, timeout};
 
 use crate::stateless::Probe;
-use crate::util::{ChildLog, Daemon, HTTP_TIMEOUT, SseStream, TempClients, logged_fake_child_spec};
+use crate::util::{ChildLog, Daemon, HTTP_TIMEOUT, SseStream, TempClients, logged_daemon};
 
 const SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
 /// Bound for the child to see what mcpmux sent it, and for a dropped stream to be noticed
@@ -52,27 +52,21 @@ async fn call(daemon: &Daemon, name: &str, arguments: Value) {
     assert!(answer["result"].is_object(), "{answer:#}");
 }
 
-/// Waits until the child received `count` messages with `method` for `uri`.
+/// Waits until the child received `count` messages with `method` for `uri`; returns them.
 async fn child_saw(log: &ChildLog, method: &str, uri: &str, count: usize) -> Vec<Value> {
-    let deadline = Instant::now() + CHILD_WAIT;
-    loop {
-        let seen: Vec<Value> = log
-            .with_method(method)
-            .into_iter()
-            .filter(|m| m["params"]["uri"] == uri)
-            .collect();
-        if seen.len() >= count || Instant::now() > deadline {
-            return seen;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let contract = format!("the child must receive {count} {method} of {uri}");
+    log.wait_for(CHILD_WAIT, &contract, |messages| {
+        let seen = messages
+            .iter()
+            .filter(|m| m["method"] == method && m["params"]["uri"] == uri);
+        let seen: Vec<Value> = seen.cloned().collect();
+        (seen.len() >= count).then_some(seen)
+    })
+    .await
 }
 
 async fn fake_daemon(log: &ChildLog) -> (TempClients, Daemon) {
-    let clients = TempClients::new();
-    clients.write("acme", &logged_fake_child_spec(log, &[]));
-    let daemon = Daemon::start(&clients, &[]).await;
-    (clients, daemon)
+    logged_daemon(log, &["acme"], &[]).await
 }
 
 #[tokio::test]

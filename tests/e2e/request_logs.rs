@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use crate::stateless::{Probe, refusal};
-use crate::util::{ChildLog, Daemon, TempClients, logged_fake_child_spec, messages};
+use crate::util::{ChildLog, logged_daemon, messages};
 
 const LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
 
@@ -28,9 +28,7 @@ fn logged_levels(messages: &[Value]) -> Vec<String> {
 #[tokio::test]
 async fn logs_reach_only_requests_that_opted_in_at_or_above_their_level() {
     let log = ChildLog::new();
-    let clients = TempClients::new();
-    clients.write("acme", &logged_fake_child_spec(&log, &[]));
-    let daemon = Daemon::start(&clients, &[]).await;
+    let (_clients, daemon) = logged_daemon(&log, &["acme"], &[]).await;
 
     let plain = logging_call(json!(1));
     let got = messages(plain.send(&daemon, "acme").await).await;
@@ -52,11 +50,7 @@ async fn logs_reach_only_requests_that_opted_in_at_or_above_their_level() {
     );
 
     // The child was set to that level before the request reached it.
-    let lines: Vec<Value> = log
-        .lines()
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = log.messages();
     let set = lines
         .iter()
         .position(|m| m["method"] == "logging/setLevel" && m["params"]["level"] == "warning");

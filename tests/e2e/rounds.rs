@@ -11,23 +11,17 @@ use tokio::time::{Instant, timeout};
 
 use crate::stateless::{Probe, refusal};
 use crate::util::{
-    ChildLog, Daemon, HTTP_TIMEOUT, SseStream, TempClients, initialize_params, initialize_with,
-    logged_fake_child_spec,
+    ChildLog, Daemon, HTTP_TIMEOUT, SseStream, initialize_params, initialize_with, logged_daemon,
+    sampled_result, sampling_params, sampling_text,
 };
 
 const CAPS: &str = "io.modelcontextprotocol/clientCapabilities";
 /// JSON-RPC "invalid params", the code of every refused `requestState`.
 const INVALID_PARAMS: i64 = -32602;
+/// 2026-07-28 "missing required client capability".
+const MISSING_REQUIRED_CLIENT_CAPABILITY: i64 = -32021;
 /// Bound for the child to see something mcpmux sent it.
 const CHILD_WAIT: Duration = Duration::from_secs(10);
-
-fn sampling_params(text: &str) -> Value {
-    json!({"messages": [{"role": "user", "content": {"type": "text", "text": text}}], "maxTokens": 5})
-}
-
-fn sampled(text: &str) -> Value {
-    json!({"role": "assistant", "content": {"type": "text", "text": text}, "model": "e2e"})
-}
 
 /// A stateless `tools/call` of the fake child's `ask` tool, from a caller that can sample.
 fn ask(id: Value, arguments: Value) -> Probe {
@@ -73,19 +67,50 @@ fn child_got(response: &Value) -> &Value {
     &response["result"]["answer"]
 }
 
-async fn fake_daemon(log: &ChildLog, ids: &[&str], args: &[&str]) -> (TempClients, Daemon) {
-    let clients = TempClients::new();
-    for id in ids {
-        clients.write(id, &logged_fake_child_spec(log, &[]));
-    }
-    let daemon = Daemon::start(&clients, args).await;
-    (clients, daemon)
+/// The GET stream of a session of tenant `acme` that declared sampling: a caller that could
+/// answer a child's request, but is unrelated to any stateless call.
+async fn sampling_session_stream(daemon: &Daemon) -> SseStream {
+    let mut params = initialize_params();
+    params["capabilities"] = json!({"sampling": {}});
+    let (session, _) = initialize_with(daemon, "acme", params).await;
+    let get = daemon
+        .http()
+        .get(daemon.url())
+        .header("Accept", "text/event-stream")
+        .header("X-Client-ID", "acme")
+        .header("Mcp-Session-Id", &session)
+        .send()
+        .await
+        .unwrap();
+    SseStream::new(get)
+}
+
+/// The session's GET stream got nothing but what every session gets: a list change the
+/// child sends now comes right after the priming event.
+async fn assert_session_never_asked(daemon: &Daemon, mut get: SseStream) {
+    let notify = Probe::valid(
+        json!("n"),
+        "tools/call",
+        json!({"name": "notify", "arguments": {}}),
+    );
+    notify.answer(daemon, "acme").await;
+    let primed = get
+        .next_event(HTTP_TIMEOUT, "the GET stream opens with a priming event")
+        .await;
+    assert!(primed.is_some_and(|e| e.data.is_empty()));
+    let next = get
+        .next_message(HTTP_TIMEOUT, "the list change on the GET stream")
+        .await;
+    assert_eq!(
+        next["method"], "notifications/tools/list_changed",
+        "no child request may reach an unrelated session: {next:#}"
+    );
 }
 
 #[tokio::test]
 async fn a_childs_sampling_request_is_a_round_and_the_retry_carries_the_answer_to_it() {
     let log = ChildLog::new();
-    let (_clients, daemon) = fake_daemon(&log, &["acme"], &[]).await;
+    let (_clients, daemon) = logged_daemon(&log, &["acme"], &[]).await;
     let first = ask(
         json!("call-1"),
         json!({"method": "sampling/createMessage", "params": sampling_params("2+2?")}),
@@ -104,7 +129,7 @@ async fn a_childs_sampling_request_is_a_round_and_the_retry_carries_the_answer_t
     );
 
     // Unknown keys in inputResponses are ignored, as the spec says.
-    let responses = json!({ key.clone(): sampled("4"), "no-such-key": {"x": 1} });
+    let responses = json!({ key.clone(): sampled_result("4"), "no-such-key": {"x": 1} });
     let state = round["result"]["requestState"].clone();
     let done = retry(&first, json!(2), responses, &state)
         .answer(&daemon, "acme")
@@ -114,7 +139,7 @@ async fn a_childs_sampling_request_is_a_round_and_the_retry_carries_the_answer_t
     let answer = child_got(&done);
     assert_eq!(
         answer["result"],
-        sampled("4"),
+        sampled_result("4"),
         "the caller's answer, byte for byte: {done:#}"
     );
     let asked_id = done["result"]["asked_id"].clone();
@@ -129,7 +154,7 @@ async fn a_childs_sampling_request_is_a_round_and_the_retry_carries_the_answer_t
 #[tokio::test]
 async fn a_retry_without_the_answer_is_asked_again_with_a_new_state() {
     let log = ChildLog::new();
-    let (_clients, daemon) = fake_daemon(&log, &["acme"], &[]).await;
+    let (_clients, daemon) = logged_daemon(&log, &["acme"], &[]).await;
     let first =
         ask(json!(1), json!({"method": "roots/list"})).meta(CAPS, Some(json!({"roots": {}})));
     let round = first.answer(&daemon, "acme").await;
@@ -160,7 +185,7 @@ async fn a_retry_without_the_answer_is_asked_again_with_a_new_state() {
 #[tokio::test]
 async fn hostile_request_states_get_400_saying_which_and_disturb_nothing() {
     let log = ChildLog::new();
-    let (_clients, daemon) = fake_daemon(&log, &["acme", "beta"], &[]).await;
+    let (_clients, daemon) = logged_daemon(&log, &["acme", "beta"], &[]).await;
     let first = ask(
         json!(1),
         json!({"method": "sampling/createMessage", "params": sampling_params("q")}),
@@ -169,7 +194,7 @@ async fn hostile_request_states_get_400_saying_which_and_disturb_nothing() {
     let (key, _) = only_input(&round);
     let state = round["result"]["requestState"].clone();
     let text = state.as_str().unwrap().to_owned();
-    let answer = json!({ key.clone(): sampled("a") });
+    let answer = json!({ key.clone(): sampled_result("a") });
 
     let mut tampered = text.clone().into_bytes();
     tampered[3] = if tampered[3] == b'A' { b'B' } else { b'A' };
@@ -212,7 +237,7 @@ async fn hostile_request_states_get_400_saying_which_and_disturb_nothing() {
     let done = retry(&first, json!(20), answer.clone(), &state)
         .answer(&daemon, "acme")
         .await;
-    assert_eq!(child_got(&done)["result"], sampled("a"), "{done:#}");
+    assert_eq!(child_got(&done)["result"], sampled_result("a"), "{done:#}");
 
     // A state is good for one retry.
     let replay = retry(&first, json!(21), answer, &state);
@@ -236,7 +261,7 @@ async fn hostile_request_states_get_400_saying_which_and_disturb_nothing() {
 #[tokio::test]
 async fn a_caller_that_never_retries_fails_the_childs_request_and_cancels_the_call() {
     let log = ChildLog::new();
-    let (_clients, daemon) = fake_daemon(&log, &["acme"], &["--request-timeout", "2"]).await;
+    let (_clients, daemon) = logged_daemon(&log, &["acme"], &["--request-timeout", "2"]).await;
     let first = ask(
         json!(1),
         json!({"method": "sampling/createMessage", "params": sampling_params("q")}),
@@ -248,32 +273,18 @@ async fn a_caller_that_never_retries_fails_the_childs_request_and_cancels_the_ca
     // After the wait (--request-timeout) the child's request gets an error and the call a
     // cancellation: poll the child's log for both, bounded.
     let call_id = log.tool_calls("ask")[0]["id"].clone();
-    let deadline = Instant::now() + CHILD_WAIT;
-    let (refused, cancelled) = loop {
-        let lines: Vec<Value> = log
-            .lines()
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        let refused = lines
-            .iter()
-            .find(|m| m["id"] == "ask-1" && m["error"].is_object())
-            .cloned();
-        let cancelled = lines
-            .iter()
-            .find(|m| {
+    let contract = "the child must get an error and a cancellation";
+    let (refused, cancelled) = log
+        .wait_for(CHILD_WAIT, contract, |lines| {
+            let refused = lines
+                .iter()
+                .find(|m| m["id"] == "ask-1" && m["error"].is_object());
+            let cancelled = lines.iter().find(|m| {
                 m["method"] == "notifications/cancelled" && m["params"]["requestId"] == call_id
-            })
-            .cloned();
-        if let (Some(r), Some(c)) = (&refused, &cancelled) {
-            break (r.clone(), c.clone());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the child must get an error and a cancellation: {lines:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+            });
+            Some((refused?.clone(), cancelled?.clone()))
+        })
+        .await;
     assert!(
         refused["error"]["message"]
             .as_str()
@@ -283,7 +294,12 @@ async fn a_caller_that_never_retries_fails_the_childs_request_and_cancels_the_ca
     );
     assert_eq!(cancelled["params"]["requestId"], call_id);
 
-    let late = retry(&first, json!(2), json!({ key: sampled("late") }), &state);
+    let late = retry(
+        &first,
+        json!(2),
+        json!({ key: sampled_result("late") }),
+        &state,
+    );
     let (status, error) = refusal(late.send(&daemon, "acme").await, &json!(2)).await;
     assert_eq!(
         (status, error["code"].clone()),
@@ -299,21 +315,8 @@ async fn a_caller_that_never_retries_fails_the_childs_request_and_cancels_the_ca
 #[tokio::test]
 async fn sequential_callers_each_get_only_their_own_round_and_no_session_is_asked() {
     let log = ChildLog::new();
-    let (_clients, daemon) = fake_daemon(&log, &["acme"], &[]).await;
-    // A session of the same tenant that could sample, with its GET stream open.
-    let mut params = initialize_params();
-    params["capabilities"] = json!({"sampling": {}});
-    let (session, _) = initialize_with(&daemon, "acme", params).await;
-    let get = daemon
-        .http()
-        .get(daemon.url())
-        .header("Accept", "text/event-stream")
-        .header("X-Client-ID", "acme")
-        .header("Mcp-Session-Id", &session)
-        .send()
-        .await
-        .unwrap();
-    let mut get = SseStream::new(get);
+    let (_clients, daemon) = logged_daemon(&log, &["acme"], &[]).await;
+    let get = sampling_session_stream(&daemon).await;
 
     let a = ask(
         json!("a"),
@@ -343,7 +346,7 @@ async fn sequential_callers_each_get_only_their_own_round_and_no_session_is_aske
     let done_b = retry(
         &b,
         json!("b2"),
-        json!({ key_b: sampled("from b") }),
+        json!({ key_b: sampled_result("from b") }),
         &state_b,
     )
     .answer(&daemon, "acme")
@@ -352,41 +355,23 @@ async fn sequential_callers_each_get_only_their_own_round_and_no_session_is_aske
     let done_a = retry(
         &a,
         json!("a2"),
-        json!({ key_a: sampled("from a") }),
+        json!({ key_a: sampled_result("from a") }),
         &state_a,
     )
     .answer(&daemon, "acme")
     .await;
     assert_eq!(
         child_got(&done_a)["result"],
-        sampled("from a"),
+        sampled_result("from a"),
         "{done_a:#}"
     );
     assert_eq!(
         child_got(&done_b)["result"],
-        sampled("from b"),
+        sampled_result("from b"),
         "{done_b:#}"
     );
 
-    // The session's GET stream got nothing but what every session gets: a list change the
-    // child sends now comes right after the priming event.
-    let notify = Probe::valid(
-        json!("n"),
-        "tools/call",
-        json!({"name": "notify", "arguments": {}}),
-    );
-    notify.answer(&daemon, "acme").await;
-    let primed = get
-        .next_event(HTTP_TIMEOUT, "the GET stream opens with a priming event")
-        .await;
-    assert!(primed.is_some_and(|e| e.data.is_empty()));
-    let next = get
-        .next_message(HTTP_TIMEOUT, "the list change on the GET stream")
-        .await;
-    assert_eq!(
-        next["method"], "notifications/tools/list_changed",
-        "no child request may reach an unrelated session: {next:#}"
-    );
+    assert_session_never_asked(&daemon, get).await;
 }
 
 #[tokio::test]
@@ -394,7 +379,7 @@ async fn overlapping_calls_rounds_go_to_the_call_that_reached_the_child_last() {
     // README: a stdio child does not say which call caused its request; with several
     // candidates mcpmux asks the caller whose request reached the child most recently.
     let log = ChildLog::new();
-    let (_clients, daemon) = fake_daemon(&log, &["acme"], &[]).await;
+    let (_clients, daemon) = logged_daemon(&log, &["acme"], &[]).await;
     let args = |who: &str| json!({"method": "sampling/createMessage", "params": sampling_params(who), "peers": 2, "note": who});
     let a = ask(json!("a"), args("a"));
     let b = ask(json!("b"), args("b"));
@@ -410,23 +395,25 @@ async fn overlapping_calls_rounds_go_to_the_call_that_reached_the_child_last() {
         // b is asked both questions, one round after the other.
         let (key1, req1) = only_input(&round);
         let state = round["result"]["requestState"].clone();
-        let round2 = retry(&b, json!("b2"), json!({ key1: sampled("first") }), &state)
-            .answer(&daemon, "acme")
-            .await;
+        let round2 = retry(
+            &b,
+            json!("b2"),
+            json!({ key1: sampled_result("first") }),
+            &state,
+        )
+        .answer(&daemon, "acme")
+        .await;
         let (key2, req2) = only_input(&round2);
         let state2 = round2["result"]["requestState"].clone();
-        let done = retry(&b, json!("b3"), json!({ key2: sampled("second") }), &state2)
-            .answer(&daemon, "acme")
-            .await;
-        let mut asked: Vec<String> = [&req1, &req2]
-            .iter()
-            .map(|r| {
-                r["params"]["messages"][0]["content"]["text"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            })
-            .collect();
+        let done = retry(
+            &b,
+            json!("b3"),
+            json!({ key2: sampled_result("second") }),
+            &state2,
+        )
+        .answer(&daemon, "acme")
+        .await;
+        let mut asked: Vec<String> = [&req1, &req2].into_iter().map(sampling_text).collect();
         asked.sort();
         assert_eq!(asked, ["a", "b"], "both questions go to b");
         done
@@ -443,4 +430,81 @@ async fn overlapping_calls_rounds_go_to_the_call_that_reached_the_child_last() {
         "a is never asked; its call completes with b's answer: {a_done:#}"
     );
     assert_eq!(child_got(&a_done)["result"]["model"], "e2e", "{a_done:#}");
+}
+
+#[tokio::test]
+async fn a_caller_lacking_the_capability_gets_32021_and_the_child_an_error_and_a_cancellation() {
+    // 2026-07-28: a server that needs a client capability the request did not declare
+    // answers -32021 naming it (HTTP 400). Here the child's request is what needs it.
+    let log = ChildLog::new();
+    let (_clients, daemon) = logged_daemon(&log, &["acme"], &[]).await;
+    let get = sampling_session_stream(&daemon).await;
+    let url_mode = json!({"mode": "url", "message": "sign in", "url": "https://example.com/a",
+                          "elicitationId": "e-1"});
+    let cases = [
+        (
+            "sampling/createMessage",
+            sampling_params("q"),
+            json!({"elicitation": {}}),
+            json!({"sampling": {}}),
+        ),
+        (
+            "elicitation/create",
+            url_mode,
+            json!({"elicitation": {}}), // form mode only
+            json!({"elicitation": {"url": {}}}),
+        ),
+        (
+            "roots/list",
+            Value::Null,
+            json!({"sampling": {}}),
+            json!({"roots": {}}),
+        ),
+    ];
+    for (n, (method, params, declared, required)) in cases.into_iter().enumerate() {
+        let id = json!(format!("lacking-{n}"));
+        let probe = ask(id.clone(), json!({"method": method, "params": params}));
+        let probe = probe.meta(CAPS, Some(declared));
+        let (status, error) = refusal(probe.send(&daemon, "acme").await, &id).await;
+        assert_eq!(
+            (status, &error["code"]),
+            (400, &json!(MISSING_REQUIRED_CLIENT_CAPABILITY)),
+            "{method}: {error:#}"
+        );
+        assert_eq!(
+            error["data"],
+            json!({ "requiredCapabilities": required }),
+            "{method}: the data names exactly what is missing"
+        );
+        assert!(
+            error["message"].as_str().unwrap().contains(method),
+            "{method}: {error:#}"
+        );
+
+        // The child's request is refused at once, and its call (whose caller is done with
+        // it) cancelled.
+        let call_id = log.tool_calls("ask")[n]["id"].clone();
+        let ask_id = format!("ask-{}", n + 1);
+        let contract = format!("{method}: the child must get an error and a cancellation");
+        let refused = log
+            .wait_for(CHILD_WAIT, &contract, |lines| {
+                let refused = lines.iter().find(|m| m["id"] == ask_id.as_str())?;
+                lines.iter().find(|m| {
+                    m["method"] == "notifications/cancelled" && m["params"]["requestId"] == call_id
+                })?;
+                Some(refused.clone())
+            })
+            .await;
+        assert_eq!(refused["error"]["code"], -32601, "{refused}");
+    }
+
+    // Nothing else was disturbed: a caller that can sample gets its round.
+    let capable = ask(
+        json!("capable"),
+        json!({"method": "sampling/createMessage", "params": sampling_params("after")}),
+    );
+    let round = capable.answer(&daemon, "acme").await;
+    let (_, request) = only_input(&round);
+    assert_eq!(request["params"], sampling_params("after"), "{round:#}");
+    assert_session_never_asked(&daemon, get).await;
 }

@@ -887,13 +887,37 @@ impl ChildLog {
         text.lines().map(str::to_owned).collect()
     }
 
+    /// Every message received so far, parsed.
+    pub fn messages(&self) -> Vec<Value> {
+        self.lines().iter().map(|l| parse_json(l)).collect()
+    }
+
     /// Every received message with `method` (requests and notifications), parsed.
     pub fn with_method(&self, method: &str) -> Vec<Value> {
-        self.lines()
-            .iter()
-            .map(|l| parse_json(l))
-            .filter(|m| m["method"] == method)
-            .collect()
+        let messages = self.messages().into_iter();
+        messages.filter(|m| m["method"] == method).collect()
+    }
+
+    /// Polls what the child received until `found` picks something out of it; panics with
+    /// `contract` after `within`.
+    pub async fn wait_for<T>(
+        &self,
+        within: Duration,
+        contract: &str,
+        found: impl Fn(&[Value]) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + within;
+        loop {
+            let messages = self.messages();
+            if let Some(got) = found(&messages) {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{contract} (within {within:?}): {messages:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Every `tools/call` of tool `name` received, parsed.
@@ -911,6 +935,34 @@ pub fn logged_fake_child_spec(log: &ChildLog, args: &[&str]) -> Value {
     let mut spec = fake_child_spec(&all);
     spec["sandbox"]["write"] = json!([log.dir()]);
     spec
+}
+
+/// A daemon serving each tenant of `ids` from its own fake child, all logging into `log`,
+/// started with `args`.
+pub async fn logged_daemon(log: &ChildLog, ids: &[&str], args: &[&str]) -> (TempClients, Daemon) {
+    let clients = TempClients::new();
+    for id in ids {
+        clients.write(id, &logged_fake_child_spec(log, &[]));
+    }
+    let daemon = Daemon::start(&clients, args).await;
+    (clients, daemon)
+}
+
+/// The params of a child's `sampling/createMessage` asking about `text`.
+pub fn sampling_params(text: &str) -> Value {
+    json!({"messages": [{"role": "user", "content": {"type": "text", "text": text}}], "maxTokens": 5})
+}
+
+/// A caller's `CreateMessageResult` saying `text`.
+pub fn sampled_result(text: &str) -> Value {
+    json!({"role": "assistant", "content": {"type": "text", "text": text}, "model": "e2e"})
+}
+
+/// The text a `sampling/createMessage` request asks about (see [`sampling_params`]).
+pub fn sampling_text(request: &Value) -> String {
+    let text = request["params"]["messages"][0]["content"]["text"].as_str();
+    text.unwrap_or_else(|| panic!("a sampling request asks about text: {request:#}"))
+        .to_owned()
 }
 
 /// The child's pid, from its `pid` tool (both the fake child and `mcp-echo` have one).

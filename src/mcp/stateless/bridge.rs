@@ -331,14 +331,15 @@ struct ErrorCodeWire {
 
 /// True when `reply` is a JSON-RPC error "method not found" (HTTP 404 in this era).
 pub fn is_method_not_found(reply: &[u8]) -> bool {
-    let Some(error) = serde_json::from_slice::<ReplyWire<'_>>(reply)
-        .ok()
-        .and_then(|r| r.error)
-    else {
-        return false;
-    };
+    error_code(reply) == Some(METHOD_NOT_FOUND)
+}
+
+/// The code of `reply` when it is a JSON-RPC error (some map to an HTTP status in this era).
+pub fn error_code(reply: &[u8]) -> Option<i64> {
+    let error = serde_json::from_slice::<ReplyWire<'_>>(reply).ok()?.error?;
     serde_json::from_str::<ErrorCodeWire>(error.get())
-        .is_ok_and(|e| e.code == Some(METHOD_NOT_FOUND))
+        .ok()?
+        .code
 }
 
 #[cfg(test)]

@@ -25,7 +25,9 @@ use serde_json::value::RawValue;
 use super::envelope::{Envelope, Kind};
 use super::interest::Level;
 
-pub use bridge::{asks, complete_reply, discover_result, init_params, is_method_not_found};
+pub use bridge::{
+    asks, complete_reply, discover_result, error_code, init_params, is_method_not_found,
+};
 pub use ladder::{Admitted, Rejection, decode_header_value, validate};
 pub use param_headers::{Declared, ToolHeaders, check as check_param_headers};
 
@@ -51,6 +53,8 @@ pub const CHILD_VERSION: &str = SUPPORTED_VERSIONS[1];
 
 /// 2026-07-28: HTTP headers missing, malformed or not matching the body (HTTP 400).
 pub const HEADER_MISMATCH: i64 = -32020;
+/// 2026-07-28: serving the request needs a client capability it did not declare (HTTP 400).
+pub const MISSING_REQUIRED_CLIENT_CAPABILITY: i64 = -32021;
 /// 2026-07-28: the request's protocol version is not served (HTTP 400).
 pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
 

@@ -429,15 +429,14 @@ async fn cancel_in(mode: &str) {
     );
 }
 
-/// Polls `tap` until the child received a `notifications/cancelled` for `child_id`, bounded by
-/// [`CANCEL_WAIT`]: a caller gone is noticed when its connection closes.
+/// Waits until the child received a `notifications/cancelled` for `child_id`: a caller gone
+/// is noticed when its connection closes.
 async fn wait_for_cancellation(tap: &ChildLog, child_id: &Value, contract: &str) {
-    let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
-    while cancellations_of(tap, child_id).0 == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{contract} within {CANCEL_WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    tap.wait_for(CANCEL_WAIT, contract, |messages| {
+        messages.iter().find(|m| {
+            m["method"] == "notifications/cancelled" && &m["params"]["requestId"] == child_id
+        })?;
+        Some(())
+    })
+    .await;
 }

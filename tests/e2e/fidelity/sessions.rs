@@ -10,7 +10,9 @@ use super::{
     ASK_MS, ask_call, ask_outcome, drive, fake_daemon, open_call, sampled, sampling_params,
     session_with,
 };
-use crate::util::{ChildLog, HTTP_TIMEOUT, SseStream, initialize, mcp_request, messages, post};
+use crate::util::{
+    ChildLog, HTTP_TIMEOUT, SseStream, initialize, mcp_request, messages, post, sampling_text,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_sessions_each_see_only_their_own_progress_and_server_requests() {
@@ -142,12 +144,7 @@ async fn server_request_reaches_exactly_one_capable_session_and_its_answer_reach
     let mut asked: Vec<String> = [&got_a, &got_b]
         .iter()
         .flat_map(|g| g.requests.iter())
-        .map(|r| {
-            r["params"]["messages"][0]["content"]["text"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
+        .map(sampling_text)
         .collect();
     asked.sort();
     assert_eq!(
