@@ -239,6 +239,45 @@ pub fn splice(src: &[u8], edits: &mut [(Range<usize>, &[u8])]) -> Vec<u8> {
 }
 
 #[derive(Deserialize)]
+struct ParamsHeadWire<'a> {
+    #[serde(borrow, rename = "_meta")]
+    meta: Option<&'a RawValue>,
+    #[serde(borrow)]
+    name: Option<&'a RawValue>,
+    #[serde(borrow)]
+    uri: Option<&'a RawValue>,
+    #[serde(borrow)]
+    arguments: Option<&'a RawValue>,
+}
+
+/// The top-level fields of a message's `params` that mcpmux reads, each borrowed as written
+/// (any JSON): `_meta`, the `name` / `uri` that 2026-07-28 mirrors into `Mcp-Name`, and the
+/// tool `arguments` that `Mcp-Param-*` headers mirror.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ParamsHead<'a> {
+    /// `params._meta`.
+    pub meta: Option<&'a RawValue>,
+    /// `params.name`.
+    pub name: Option<&'a RawValue>,
+    /// `params.uri`.
+    pub uri: Option<&'a RawValue>,
+    /// `params.arguments`.
+    pub arguments: Option<&'a RawValue>,
+}
+
+/// Reads [`ParamsHead`] without descending into anything else; `None` when `params` are
+/// absent or not an object.
+pub fn params_head(params: Option<&RawValue>) -> Option<ParamsHead<'_>> {
+    let wire: ParamsHeadWire<'_> = serde_json::from_str(params?.get()).ok()?;
+    Some(ParamsHead {
+        meta: wire.meta,
+        name: wire.name,
+        uri: wire.uri,
+        arguments: wire.arguments,
+    })
+}
+
+#[derive(Deserialize)]
 struct MetaOnly<'a> {
     #[serde(borrow, rename = "_meta")]
     meta: Option<ProgressMeta<'a>>,

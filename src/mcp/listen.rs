@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
-use super::envelope::span_of;
+use super::envelope::{self, span_of};
 use super::interest::{MAX_SUBSCRIPTIONS_PER_SESSION, MAX_URI_BYTES};
 use super::stateless::META_SERVER_INFO;
 use crate::sync::lock;
@@ -215,20 +215,10 @@ pub fn key(n: u64) -> Arc<str> {
 
 /// `line` with `_meta.subscriptionId` set to `id` in its params, byte-exact otherwise.
 fn tagged(line: &[u8], id: &[u8]) -> Option<Bytes> {
-    #[derive(Deserialize)]
-    struct Wire<'a> {
-        #[serde(borrow)]
-        params: Option<&'a RawValue>,
-    }
-    #[derive(Deserialize)]
-    struct ParamsWire<'a> {
-        #[serde(borrow, rename = "_meta")]
-        meta: Option<&'a RawValue>,
-    }
     let id = std::str::from_utf8(id).ok()?;
     let entry = format!(r#""{META_SUBSCRIPTION_ID}":{id}"#);
-    let wire: Wire<'_> = serde_json::from_slice(line).ok()?;
-    let Some(params) = wire.params else {
+    let env = envelope::parse(line).ok()?;
+    let Some(params) = env.params else {
         // No params: add them just before the closing brace of the message.
         let end = line.iter().rposition(|b| *b == b'}')?;
         let mut out = line[..end].to_vec();
@@ -236,10 +226,7 @@ fn tagged(line: &[u8], id: &[u8]) -> Option<Bytes> {
         out.extend_from_slice(&line[end..]);
         return Some(out.into());
     };
-    let (target, inner) = match serde_json::from_str::<ParamsWire<'_>>(params.get())
-        .ok()
-        .and_then(|p| p.meta)
-    {
+    let (target, inner) = match envelope::params_head(Some(params)).and_then(|p| p.meta) {
         Some(meta) if meta.get().starts_with('{') => (meta, entry),
         Some(_) => return None, // a `_meta` that is not an object cannot be tagged
         None if params.get().starts_with('{') => (params, format!(r#""_meta":{{{entry}}}"#)),

@@ -22,7 +22,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::envelope::{Envelope, Kind};
+use super::envelope::{self, Envelope, Kind};
 use super::interest::Level;
 
 pub use bridge::{
@@ -122,18 +122,6 @@ pub struct RequestMeta<'a> {
 }
 
 #[derive(Deserialize)]
-struct ParamsWire<'a> {
-    #[serde(borrow, rename = "_meta")]
-    meta: Option<&'a RawValue>,
-    #[serde(borrow)]
-    name: Option<&'a RawValue>,
-    #[serde(borrow)]
-    uri: Option<&'a RawValue>,
-    #[serde(borrow)]
-    arguments: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
 struct MetaWire<'a> {
     #[serde(borrow, rename = "io.modelcontextprotocol/protocolVersion")]
     protocol_version: Option<&'a RawValue>,
@@ -148,8 +136,7 @@ struct MetaWire<'a> {
 /// Reads what this era needs from `params`; params that are not an object read as empty
 /// (the ladder then refuses them for lacking `_meta`).
 pub fn request_meta(params: Option<&RawValue>) -> RequestMeta<'_> {
-    let Some(wire) = params.and_then(|p| serde_json::from_str::<ParamsWire<'_>>(p.get()).ok())
-    else {
+    let Some(wire) = envelope::params_head(params) else {
         return RequestMeta::default();
     };
     let meta = wire
