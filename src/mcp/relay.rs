@@ -718,7 +718,14 @@ impl Relay {
     /// can answer took it): that call is answered -32021 naming the capability it lacks
     /// (2026-07-28: a server needing an undeclared client capability), and its child-side
     /// id is returned, for the caller is done with it. `None` leaves routing as it was.
+    ///
+    /// Not for `roots/list`: children ask for roots unprompted (server-everything does as it
+    /// starts, during whatever call comes first), so the call need not depend on it; the
+    /// child alone is refused, as a session-era client without roots would.
     fn fail_call_lacking(&self, method: &str, params: Option<&RawValue>) -> Option<u64> {
+        if method == "roots/list" {
+            return None;
+        }
         let required = caps::required_for(method, params)?;
         let (child_id, entry) = {
             let mut pending = lock(&self.pending);

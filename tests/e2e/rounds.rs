@@ -454,12 +454,6 @@ async fn a_caller_lacking_the_capability_gets_32021_and_the_child_an_error_and_a
             json!({"elicitation": {}}), // form mode only
             json!({"elicitation": {"url": {}}}),
         ),
-        (
-            "roots/list",
-            Value::Null,
-            json!({"sampling": {}}),
-            json!({"roots": {}}),
-        ),
     ];
     for (n, (method, params, declared, required)) in cases.into_iter().enumerate() {
         let id = json!(format!("lacking-{n}"));
@@ -497,6 +491,15 @@ async fn a_caller_lacking_the_capability_gets_32021_and_the_child_an_error_and_a
             .await;
         assert_eq!(refused["error"]["code"], -32601, "{refused}");
     }
+
+    // Children ask for roots unprompted (server-everything does as it starts): the call
+    // goes on, the child alone is refused, and the call's result tells what it got.
+    let roots = ask(json!("roots"), json!({"method": "roots/list"}));
+    let done = roots
+        .meta(CAPS, Some(json!({"sampling": {}})))
+        .answer(&daemon, "acme")
+        .await;
+    assert_eq!(child_got(&done)["error"]["code"], -32601, "{done:#}");
 
     // Nothing else was disturbed: a caller that can sample gets its round.
     let capable = ask(
