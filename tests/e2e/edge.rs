@@ -141,20 +141,9 @@ async fn a_flood_of_headless_connections_under_nofile_1024_never_locks_callers_o
     raise_own_nofile(2 * (FLOOD + ADMIN_FLOOD) as u64);
     let clients = TempClients::new();
     clients.write("edge", &echo_spec());
-    let mut cmd = isolated_command("prlimit");
-    cmd.arg("--nofile=1024:1024")
-        .arg(env!("CARGO_BIN_EXE_mcpmux"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--allow-open-tenants", "--header-read-timeout", "2"])
-        .arg("--clients")
-        .arg(clients.path());
-    let daemon = Daemon::spawn_command(cmd).await;
+    let mut prlimit = isolated_command("prlimit");
+    prlimit.arg("--nofile=1024:1024");
+    let daemon = Daemon::start_behind(prlimit, &clients, &["--header-read-timeout", "2"]).await;
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", daemon.pid())).unwrap();
     assert!(
         limits

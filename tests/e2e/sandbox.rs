@@ -435,23 +435,12 @@ async fn a_descriptor_the_daemon_inherited_never_reaches_a_child() {
     let held_path = held.path().canonicalize().unwrap();
     // A parent that leaves a descriptor open without close-on-exec, as a shell or a
     // supervisor's lock (flock(1)) does: fd 7, then exec the daemon.
-    let mut cmd = crate::util::isolated_command("sh");
-    cmd.arg("-c")
+    let mut shell = crate::util::isolated_command("sh");
+    shell
+        .arg("-c")
         .arg(r#"exec 7<"$0"; exec "$@""#)
-        .arg(&held_path)
-        .arg(env!("CARGO_BIN_EXE_mcpmux"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--allow-open-tenants", "--clients"])
-        .arg(clients.path())
-        .arg("--state-dir")
-        .arg(clients.state_dir());
-    let daemon = Daemon::spawn_command(cmd).await;
+        .arg(&held_path);
+    let daemon = Daemon::start_behind(shell, &clients, &[]).await;
     assert!(
         open_paths(daemon.pid()).contains(&held_path),
         "the daemon itself must have inherited the descriptor (else this test proves nothing)"

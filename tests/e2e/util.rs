@@ -206,6 +206,29 @@ impl Drop for Daemon {
     }
 }
 
+/// The arguments [`Daemon::start`] gives `mcpmux`: ephemeral tenant and admin ports,
+/// tokenless test tenants, `clients` and its state directory, then `extra_args`.
+fn start_args<'a>(clients: &'a TempClients, extra_args: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        // Test tenants are tokenless unless a test gives one a token.
+        "--allow-open-tenants",
+    ];
+    let dir = clients.path().to_str().expect("temp path must be UTF-8");
+    args.extend(["--clients", dir]);
+    let state = clients
+        .state_dir()
+        .to_str()
+        .expect("temp path must be UTF-8");
+    args.extend(["--state-dir", state]);
+    args.extend(extra_args);
+    args
+}
+
 impl Daemon {
     /// Starts `mcpmux serve` on ephemeral tenant and admin ports, serving `clients`.
     pub async fn start(clients: &TempClients, extra_args: &[&str]) -> Daemon {
@@ -218,24 +241,20 @@ impl Daemon {
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> Daemon {
-        let mut args = vec![
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            // Test tenants are tokenless unless a test gives one a token.
-            "--allow-open-tenants",
-        ];
-        let dir = clients.path().to_str().expect("temp path must be UTF-8");
-        args.extend(["--clients", dir]);
-        let state = clients
-            .state_dir()
-            .to_str()
-            .expect("temp path must be UTF-8");
-        args.extend(["--state-dir", state]);
-        args.extend(extra_args);
-        Daemon::spawn(&args, env).await
+        Daemon::spawn(&start_args(clients, extra_args), env).await
+    }
+
+    /// As [`Daemon::start`], with `mcpmux` and its arguments appended to `trampoline`, a
+    /// program that sets up limits or descriptors and then execs them (e.g. `prlimit`).
+    pub async fn start_behind(
+        mut trampoline: Command,
+        clients: &TempClients,
+        extra_args: &[&str],
+    ) -> Daemon {
+        trampoline
+            .arg(env!("CARGO_BIN_EXE_mcpmux"))
+            .args(start_args(clients, extra_args));
+        Daemon::spawn_command(trampoline).await
     }
 
     /// Spawns the binary with exactly `args` and waits for its tenant listening address.
