@@ -53,6 +53,30 @@ pub(crate) fn ensure_setup() {
     }
 }
 
+/// Runs `node tests/interop/<script> args...`, bounded by `within` (the script enforces a
+/// deadline of its own); it must exit 0 and print one JSON summary, which is returned.
+pub(crate) async fn node_summary(script: &str, args: &[&str], within: Duration) -> Value {
+    ensure_setup();
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(repo_root().join("tests/interop").join(script))
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(within, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{script} must finish within {within:?}"))
+        .expect("node must start");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the TS SDK client {script} {args:?} must complete ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("the summary of {script} must be JSON ({e}): {stdout}"))
+}
+
 pub(crate) fn venv_python() -> PathBuf {
     repo_root().join("target/interop-venv/bin/python")
 }

@@ -360,27 +360,11 @@ async fn a_childs_negative_ttl_reaches_stateless_callers_as_zero() {
 
 #[tokio::test]
 async fn the_ts_sdk_mirrors_the_declared_headers_and_mcpmux_accepts_them() {
-    crate::interop::ensure_setup();
     let (_clients, daemon) = fake_daemon(&["--header-tools"]).await;
-    let script = crate::util::repo_root().join("tests/interop/ts_param_headers.mjs");
-    let mut cmd = tokio::process::Command::new("node");
-    cmd.arg(script)
-        .args([daemon.url().as_str(), "acme", "50"])
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .expect("the TS client must finish (it enforces its own deadline)")
-        .expect("node must start");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the TS SDK client must complete ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("the summary must be JSON ({e}): {stdout}"));
+    let url = daemon.url();
+    let args = [url.as_str(), "acme", "50"];
+    let summary =
+        crate::interop::node_summary("ts_param_headers.mjs", &args, Duration::from_secs(60)).await;
     let tools = summary["tools"].as_array().unwrap();
     assert!(tools.iter().any(|t| t == "route"), "{summary:#}");
     assert!(

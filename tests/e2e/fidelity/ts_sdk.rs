@@ -2,14 +2,11 @@
 //! pinned in `tests/interop/package.json`) in the 2026-07-28 era, server-everything as the
 //! child: tools/list, tools/call, and one sampling round trip as an `input_required` round.
 
-use std::process::Stdio;
-
 use serde_json::Value;
-use tokio::process::Command;
-use tokio::time::timeout;
 
 use super::{CLIENT_TIMEOUT, interop_daemon, responses_in};
-use crate::util::{ChildLog, repo_root};
+use crate::interop::node_summary;
+use crate::util::ChildLog;
 
 /// What the script's sampling handler answers (`SAMPLED_TEXT` in ts_client.mjs).
 const TS_SAMPLED_TEXT: &str = "sampled through mcpmux by the TS SDK";
@@ -19,26 +16,10 @@ async fn ts_sdk_2_lists_calls_and_answers_a_sampling_round_in_the_modern_era() {
     for mode in ["auto", "2026-07-28"] {
         let (tap, fake) = (ChildLog::new(), ChildLog::new());
         let (_clients, daemon) = interop_daemon(&tap, &fake).await;
-        let script = repo_root().join("tests/interop/ts_client.mjs");
         let deadline = (CLIENT_TIMEOUT.as_secs() - 10).to_string();
-        let mut cmd = Command::new("node");
-        cmd.arg(script)
-            .args([daemon.url().as_str(), "everything", mode, deadline.as_str()])
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        let out = timeout(CLIENT_TIMEOUT, cmd.output())
-            .await
-            .expect("the TS client must finish (it enforces its own deadline)")
-            .expect("node must start");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "the TS SDK client must complete in mode {mode} ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let summary: Value = serde_json::from_str(stdout.trim())
-            .unwrap_or_else(|e| panic!("the summary must be JSON ({e}): {stdout}"));
+        let url = daemon.url();
+        let args = [url.as_str(), "everything", mode, deadline.as_str()];
+        let summary = node_summary("ts_client.mjs", &args, CLIENT_TIMEOUT).await;
 
         assert_eq!(summary["protocol_version"], "2026-07-28", "{summary:#}");
         let tools = summary["tools"].as_array().unwrap();
