@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::time::{Instant, timeout};
+use tokio::time::timeout;
 
 use crate::stateless::{Probe, refusal};
 use crate::util::{
@@ -386,11 +386,12 @@ async fn overlapping_calls_rounds_go_to_the_call_that_reached_the_child_last() {
     // a reaches the child first (the child logs it), then b.
     let a_task = a.send(&daemon, "acme");
     let b_task = async {
-        let deadline = Instant::now() + CHILD_WAIT;
-        while log.tool_calls("ask").is_empty() {
-            assert!(Instant::now() < deadline, "a's call must reach the child");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let a_reached = |logged: &[Value]| {
+            let is_ask = |m: &Value| m["method"] == "tools/call" && m["params"]["name"] == "ask";
+            logged.iter().any(is_ask).then_some(())
+        };
+        log.wait_for(CHILD_WAIT, "a's call must reach the child", a_reached)
+            .await;
         let round = b.answer(&daemon, "acme").await;
         // b is asked both questions, one round after the other.
         let (key1, req1) = only_input(&round);
