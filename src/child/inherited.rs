@@ -14,11 +14,15 @@ use std::os::fd::RawFd;
 /// Marks every open descriptor above 2 close-on-exec; returns how many lacked the flag.
 pub fn seal_inherited_descriptors() -> io::Result<usize> {
     // Listed first, then marked: the listing's own descriptor is closed by then, and a
-    // closed descriptor answers EBADF, which is skipped.
-    let open: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|&fd| fd > 2)
-        .collect();
+    // closed descriptor answers EBADF, which is skipped. Without /proc, every number
+    // below the open-file limit is tried instead.
+    let open: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(listing) => listing
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|&fd| fd > 2)
+            .collect(),
+        Err(_) => (3..=highest_possible()).collect(),
+    };
     let mut sealed = 0;
     for fd in open {
         if seal(fd)? {
@@ -26,6 +30,15 @@ pub fn seal_inherited_descriptors() -> io::Result<usize> {
         }
     }
     Ok(sealed)
+}
+
+/// The highest descriptor number the open-file limit allows (bounded, so the fallback
+/// scan stays short even under a huge or unlimited limit).
+fn highest_possible() -> RawFd {
+    const SCAN_BOUND: u64 = 1 << 16;
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    RawFd::try_from(soft.min(SCAN_BOUND)).unwrap_or(RawFd::MAX) - 1
 }
 
 /// Sets `FD_CLOEXEC` on `fd`; whether it was missing. A closed `fd` is not an error.
@@ -85,6 +98,16 @@ mod tests {
         assert!(seal_inherited_descriptors().unwrap() >= 1);
         assert!(has_cloexec(file.as_raw_fd()));
         assert!(file.metadata().is_ok(), "the daemon keeps using it");
+    }
+
+    #[test]
+    fn without_proc_the_scan_covers_every_open_descriptor() {
+        let file = tempfile::tempfile().unwrap();
+        let fd = file.as_raw_fd();
+        assert!(
+            (3..=highest_possible()).contains(&fd),
+            "{fd} within the scan"
+        );
     }
 
     #[test]
