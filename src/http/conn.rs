@@ -1,8 +1,9 @@
 //! One connection, from accept to close, with a deadline on every stage.
 //!
 //! - **Head.** From accept until the first request head has been parsed, within
-//!   `--header-read-timeout`. This covers the bytes hyper-util reads to tell HTTP/1 from
-//!   HTTP/2 and HTTP/2's preface, SETTINGS and first HEADERS, none of which hyper times.
+//!   `--header-read-timeout`. This covers the first bytes, which tell HTTP/1 from HTTP/2
+//!   ([`Served`]), and HTTP/2's preface, SETTINGS and first HEADERS, none of which hyper
+//!   times.
 //! - **Idle.** Whenever no request is in flight (every response finished, SSE streams
 //!   included), the connection is closed after `--header-read-timeout` too. hyper 1.x
 //!   restarts its own HTTP/1 header timer on an idle keep-alive connection with the same
@@ -14,15 +15,20 @@
 //! dropped, so a long tool call or an open SSE stream is never idle.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
+
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulConnection;
+use tokio::io::ReadBuf;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -57,15 +63,24 @@ pub struct Deadlines {
     pub body: Duration,
 }
 
-/// The hyper builder every connection is served with.
-pub fn builder(deadlines: Deadlines) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+/// The hyper builders every connection is served with.
+pub struct Builders {
+    /// HTTP/1, served on the socket itself.
+    h1: http1::Builder,
+    /// HTTP/2, and a connection whose first bytes could still be either.
+    auto: auto::Builder<TokioExecutor>,
+}
+
+/// The builders of a listener's connections.
+pub fn builders(deadlines: Deadlines) -> Arc<Builders> {
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
+        .header_read_timeout(deadlines.header);
+    let mut auto = auto::Builder::new(TokioExecutor::new());
+    auto.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(deadlines.header);
-    builder
-        .http2()
+    auto.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
@@ -73,7 +88,129 @@ pub fn builder(deadlines: Deadlines) -> auto::Builder<TokioExecutor> {
         .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
         .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
         .max_header_list_size(H2_MAX_HEADER_LIST_BYTES);
-    builder
+    Arc::new(Builders { h1, auto })
+}
+
+/// What a connection ends with.
+pub type ConnError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What every HTTP/2 connection starts with (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// One accepted connection, served as HTTP/1 or HTTP/2.
+///
+/// The protocol is told by peeking at the first bytes, so that hyper's HTTP/1 reader gets
+/// the request head in one read. hyper-util's auto builder consumes up to 24 bytes to
+/// decide and hands them to hyper as a read of their own; the next read of the head then
+/// grows hyper's 8 KiB read buffer to 16 KiB, kept for the connection's life: most of an
+/// idle HTTP/1.1 GET stream's memory. HTTP/2, and first bytes that are still a prefix of
+/// its preface, go through the auto builder as before. Each protocol's connection is
+/// boxed, so the connection's task holds a pointer rather than hyper's whole state.
+pub struct Served<S: ConnService> {
+    proto: Proto<S>,
+}
+
+/// The service a connection is served with ([`service`]).
+pub trait ConnService:
+    hyper::service::Service<
+        Request<Incoming>,
+        Response = ConnResponse,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Send
+    + 'static
+{
+}
+
+impl<S> ConnService for S where
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = ConnResponse,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Send
+        + 'static
+{
+}
+
+// The service is never pinned: it is moved into hyper's connection, which is boxed.
+impl<S: ConnService> Unpin for Served<S> {}
+
+enum Proto<S: ConnService> {
+    Peeking {
+        stream: TcpStream,
+        service: S,
+        builders: Arc<Builders>,
+    },
+    H1(Pin<Box<http1::Connection<TokioIo<TcpStream>, S>>>),
+    Auto(Pin<Box<auto::Connection<'static, TokioIo<TcpStream>, S, TokioExecutor>>>),
+    Closed,
+}
+
+impl<S: ConnService> Served<S> {
+    /// `stream`, to be served with `service` once its protocol is known.
+    pub fn new(stream: TcpStream, service: S, builders: Arc<Builders>) -> Self {
+        Self {
+            proto: Proto::Peeking {
+                stream,
+                service,
+                builders,
+            },
+        }
+    }
+
+    /// Finishes what is in flight and closes; a connection still being told apart is
+    /// closed at once.
+    pub fn graceful_shutdown(&mut self) {
+        match &mut self.proto {
+            Proto::Peeking { .. } => self.proto = Proto::Closed,
+            Proto::H1(conn) => conn.as_mut().graceful_shutdown(),
+            Proto::Auto(conn) => conn.as_mut().graceful_shutdown(),
+            Proto::Closed => {}
+        }
+    }
+
+    /// `stream`'s protocol from the bytes it has sent so far: HTTP/1 unless they could
+    /// still be HTTP/2's preface (then hyper-util reads on until it is sure).
+    fn poll_peek(stream: &TcpStream, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
+        let mut buf = [0u8; H2_PREFACE.len()];
+        let mut seen = ReadBuf::new(&mut buf);
+        ready!(stream.poll_peek(cx, &mut seen))?;
+        let seen = seen.filled();
+        // At EOF too: hyper's HTTP/1 reader sees it and ends the connection.
+        Poll::Ready(Ok(seen.is_empty() || !H2_PREFACE.starts_with(seen)))
+    }
+}
+
+impl<S: ConnService> Future for Served<S> {
+    type Output = Result<(), ConnError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let Proto::Peeking { stream, .. } = &this.proto {
+            let h1 = ready!(Self::poll_peek(stream, cx))?;
+            let peeked = std::mem::replace(&mut this.proto, Proto::Closed);
+            if let Proto::Peeking {
+                stream,
+                service,
+                builders,
+            } = peeked
+            {
+                let io = TokioIo::new(stream);
+                this.proto = if h1 {
+                    Proto::H1(Box::pin(builders.h1.serve_connection(io, service)))
+                } else {
+                    let conn = builders.auto.serve_connection(io, service).into_owned();
+                    Proto::Auto(Box::pin(conn))
+                };
+            }
+        }
+        match &mut this.proto {
+            Proto::H1(conn) => conn.as_mut().poll(cx).map_err(Into::into),
+            Proto::Auto(conn) => conn.as_mut().poll(cx),
+            Proto::Peeking { .. } | Proto::Closed => Poll::Ready(Ok(())),
+        }
+    }
 }
 
 /// What one connection is doing, shared between its task, its requests and the budget.
@@ -202,15 +339,14 @@ impl Drop for InFlight {
 
 /// Drives `conn` until it ends, one of its deadlines or the budget closes it, or
 /// `shutdown` asks it to finish what is in flight and close.
-pub async fn run<C>(
-    conn: C,
+pub async fn run<S>(
+    conn: Served<S>,
     state: Arc<ConnState>,
     budget: Arc<Budget>,
     header: Duration,
     shutdown: CancellationToken,
 ) where
-    C: GracefulConnection,
-    C::Error: std::fmt::Display,
+    S: ConnService,
 {
     let closed = drive(conn, &state, header, shutdown).await;
     budget.not_waiting(&state);
@@ -225,17 +361,15 @@ pub async fn run<C>(
     }
 }
 
-async fn drive<C>(
-    conn: C,
+async fn drive<S>(
+    mut conn: Served<S>,
     state: &ConnState,
     header: Duration,
     shutdown: CancellationToken,
 ) -> Option<Closed>
 where
-    C: GracefulConnection,
-    C::Error: std::fmt::Display,
+    S: ConnService,
 {
-    tokio::pin!(conn);
     let mut draining = false;
     loop {
         // Created before the check: a change in between leaves a permit, so none is lost.
@@ -245,8 +379,8 @@ where
             Err(Closed::Idle) => {
                 // Politely: HTTP/2 peers get GOAWAY rather than a reset. Bounded, since
                 // the peer may be the reason it is idle.
-                conn.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(header, conn.as_mut()).await;
+                conn.graceful_shutdown();
+                let _ = tokio::time::timeout(header, &mut conn).await;
                 return Some(Closed::Idle);
             }
             Err(why) => return Some(why),
@@ -258,7 +392,7 @@ where
             }
         };
         tokio::select! {
-            ended = conn.as_mut() => {
+            ended = &mut conn => {
                 if let Err(e) = ended {
                     debug!(error = %e, "connection ended with an error");
                 }
@@ -268,7 +402,7 @@ where
             () = expired => {}
             () = shutdown.cancelled(), if !draining => {
                 draining = true;
-                conn.as_mut().graceful_shutdown();
+                conn.graceful_shutdown();
             }
         }
     }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -68,7 +67,7 @@ pub async fn serve<F, Fut>(
     F: Fn(Request<RequestBody>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    let builder = conn::builder(port.deadlines);
+    let builders = conn::builders(port.deadlines);
     let budget = Arc::new(Budget::new(
         port.max_connections,
         ConnMetrics::new(port.name, port.max_connections),
@@ -113,9 +112,7 @@ pub async fn serve<F, Fut>(
             budget.clone(),
             port.deadlines.body,
         );
-        let served = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
+        let served = conn::Served::new(stream, service, builders.clone());
         let budget = budget.clone();
         let header = port.deadlines.header;
         let shutdown = shutdown.clone();

@@ -398,6 +398,41 @@ async fn a_stalled_body_gets_408_within_body_read_timeout_and_the_connection_clo
 }
 
 #[tokio::test]
+async fn first_bytes_split_anywhere_are_served_as_http1_or_http2() {
+    // The daemon tells HTTP/1 from HTTP/2 by the first bytes it has; a client whose first
+    // segment is short must get the same answer as one that sends everything at once.
+    let clients = TempClients::new();
+    let daemon = Daemon::start(&clients, &[]).await;
+    for split in [1, 2, 4, HEADLESS_TENANT_REQUEST.len() - 1] {
+        let mut sock = TcpStream::connect(daemon.addr()).await.unwrap();
+        sock.set_nodelay(true).unwrap();
+        let (first, rest) = HEADLESS_TENANT_REQUEST.split_at(split);
+        sock.write_all(first).await.unwrap();
+        sock.write_all(rest).await.unwrap();
+        let (head, _) = read_response(&mut sock).await;
+        assert!(head.starts_with("HTTP/1.1 403"), "split at {split}: {head}");
+    }
+    // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+    const SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+    for split in [1, 3, 16, H2_PREFACE.len() - 1] {
+        let mut sock = TcpStream::connect(daemon.addr()).await.unwrap();
+        sock.set_nodelay(true).unwrap();
+        let (first, rest) = H2_PREFACE.split_at(split);
+        sock.write_all(first).await.unwrap();
+        sock.write_all(&[rest, SETTINGS].concat()).await.unwrap();
+        let mut frame = [0u8; 9];
+        timeout(PROMPT, sock.read_exact(&mut frame))
+            .await
+            .expect("the server's SETTINGS must arrive promptly")
+            .expect("the connection must stay open");
+        assert_eq!(
+            frame[3], 4,
+            "split at {split}: a SETTINGS frame, got {frame:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_idle_http1_keepalive_connection_is_closed_at_header_read_timeout() {
     let clients = TempClients::new();
     let daemon = Daemon::start(&clients, &["--header-read-timeout", "1.5"]).await;
