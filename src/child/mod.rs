@@ -16,6 +16,7 @@
 //! `stderr`.
 
 mod framing;
+mod outgoing;
 pub mod inherited;
 pub mod sandbox;
 mod spawn;

@@ -12,7 +12,6 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::buf::Chain;
 use bytes::{Buf, Bytes};
 use futures_util::StreamExt;
 use nix::sys::signal::Signal;
@@ -26,6 +25,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 use super::framing::{Frame, LineDecoder};
+use super::outgoing::Outgoing;
 use super::spawn::Started;
 use super::stop::{clean_group, signal_group};
 use super::{ChildEvent, ChildSettings, ExitInfo, ExitReason, Shared, stderr};
@@ -57,8 +57,8 @@ pub(super) struct Actor {
     pgid: Pid,
     child: Child,
     stdin: Option<ChildStdin>,
-    /// The message being written, newline chained on.
-    outgoing: Option<Chain<Bytes, Bytes>>,
+    /// The messages being written, taken from the inbox in one batch.
+    outgoing: Outgoing,
     inbox: mpsc::Receiver<Bytes>,
     stdout: Option<FramedRead<ChildStdout, LineDecoder>>,
     /// A stdout line waiting for room in the event channel.
@@ -100,7 +100,7 @@ pub(super) fn spawn_actor(
         pgid,
         child,
         stdin: Some(stdin),
-        outgoing: None,
+        outgoing: Outgoing::default(),
         inbox,
         stdout: Some(FramedRead::new(
             stdout,
@@ -132,7 +132,7 @@ impl Actor {
     async fn run_until_leader_exits(&mut self) -> io::Result<ExitStatus> {
         loop {
             let deadline = self.stopping.as_ref().and_then(|s| s.deadline);
-            let can_take = self.stdin.is_some() && self.outgoing.is_none();
+            let can_take = self.stdin.is_some() && self.outgoing.is_empty();
             tokio::select! {
                 status = self.child.wait() => return status,
                 () = self.shared.stop.cancelled(), if self.stopping.is_none() => {
@@ -173,7 +173,16 @@ impl Actor {
 
     fn on_message(&mut self, msg: Option<Bytes>) {
         match msg {
-            Some(line) => self.outgoing = Some(line.chain(Bytes::from_static(b"\n"))),
+            Some(line) => {
+                self.outgoing.push(line);
+                // Whatever else is queued goes out in the same write.
+                while self.outgoing.has_room() {
+                    match self.inbox.try_recv() {
+                        Ok(line) => self.outgoing.push(line),
+                        Err(_) => break,
+                    }
+                }
+            }
             // Unreachable while a handle lives (the handle holds a sender); stop anyway.
             None => self.begin_stop(ExitReason::Stopped),
         }
@@ -182,8 +191,7 @@ impl Actor {
     fn on_written(&mut self, res: io::Result<usize>) {
         match res {
             Ok(0) => self.on_stdin_failed(io::ErrorKind::WriteZero.into()),
-            Ok(_) if self.outgoing.as_ref().is_some_and(Buf::has_remaining) => {}
-            Ok(_) => self.outgoing = None,
+            Ok(_) => {}
             Err(e) => self.on_stdin_failed(e),
         }
     }
@@ -282,7 +290,7 @@ impl Actor {
     /// Closes the child's stdin and the queue: later sends fail with `Gone`.
     fn close_stdin(&mut self) {
         self.stdin = None;
-        self.outgoing = None;
+        self.outgoing.clear();
         self.inbox.close();
     }
 
@@ -342,14 +350,11 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     }
 }
 
-/// Writes part of the outgoing message; pending forever when there is nothing to write.
-/// Cancel-safe: `write_buf` advances the buffer only for bytes written.
-async fn write_some(
-    stdin: &mut Option<ChildStdin>,
-    outgoing: &mut Option<Chain<Bytes, Bytes>>,
-) -> io::Result<usize> {
-    match (stdin, outgoing) {
-        (Some(stdin), Some(outgoing)) => stdin.write_buf(outgoing).await,
+/// Writes part of the outgoing batch (vectored: one `writev`); pending forever when there
+/// is nothing to write. Cancel-safe: `write_buf` advances the batch only for bytes written.
+async fn write_some(stdin: &mut Option<ChildStdin>, outgoing: &mut Outgoing) -> io::Result<usize> {
+    match stdin {
+        Some(stdin) if outgoing.has_remaining() => stdin.write_buf(outgoing).await,
         _ => std::future::pending().await,
     }
 }
