@@ -31,6 +31,7 @@
 
 mod chart;
 mod floor;
+mod relay_floor;
 mod h2;
 mod http;
 mod init;
@@ -226,6 +227,9 @@ fn main() -> ExitCode {
     if argv.iter().any(|a| a == floor::FLAG) {
         return floor::serve();
     }
+    if argv.iter().any(|a| a == relay_floor::FLAG) {
+        return relay_floor::serve();
+    }
     if argv.iter().any(|a| a == floor::COLD_FLAG) {
         return floor::cold_once();
     }
@@ -416,6 +420,9 @@ impl Series {
     }
 }
 
+/// The relay floor's name in the output (`relay_floor.rs`).
+const RELAY_FLOOR: &str = "relay floor (pipe hop)";
+
 /// Latency, throughput and peers, in rounds; every figure beside its same-round baseline.
 async fn compare(
     a: &Args,
@@ -426,6 +433,7 @@ async fn compare(
     let dir = demo_dir(work)?;
     let daemon = Daemon::start(&dir, &[])?;
     let floor = Daemon::start_floor()?;
+    let relay_floor = Daemon::start_relay_floor()?;
     let baseline = match std::env::var_os("MCPMUX_BENCH_BASELINE") {
         Some(bin) => {
             let bin = PathBuf::from(bin);
@@ -469,6 +477,7 @@ async fn compare(
         Series::default(),
     );
     let (mut f1, mut fc) = (Series::default(), Series::default());
+    let (mut r1, mut rc) = (Series::default(), Series::default());
     let (mut b1, mut bc) = (Series::default(), Series::default());
     let mut peer1: Vec<Series> = peers.iter().map(|_| Series::default()).collect();
     let mut peerc: Vec<Series> = peers.iter().map(|_| Series::default()).collect();
@@ -494,6 +503,8 @@ async fn compare(
                 let s = spec(&floor.url, None, 1, a, floor.pid())?;
                 f1.runs
                     .push(load::run_and_print("HTTP floor (no child)", &s).await?.0);
+                let s = spec(&relay_floor.url, None, 1, a, relay_floor.pid())?;
+                r1.runs.push(load::run_and_print(RELAY_FLOOR, &s).await?.0);
                 for (i, (name, proc, url)) in peers.iter().enumerate() {
                     let s = spec(url, None, 1, a, proc.pid())?;
                     peer1[i].runs.push(load::run_and_print(name, &s).await?.0);
@@ -514,6 +525,8 @@ async fn compare(
                 let s = spec(&floor.url, None, c, a, floor.pid())?;
                 fc.runs
                     .push(load::run_and_print("HTTP floor (no child)", &s).await?.0);
+                let s = spec(&relay_floor.url, None, c, a, relay_floor.pid())?;
+                rc.runs.push(load::run_and_print(RELAY_FLOOR, &s).await?.0);
                 for (i, (name, proc, url)) in peers.iter().enumerate() {
                     let s = spec(url, None, c, a, proc.pid())?;
                     peerc[i].runs.push(load::run_and_print(name, &s).await?.0);
@@ -536,6 +549,10 @@ async fn compare(
                     http(&floor.url, None, floor.pid()),
                 ),
                 (
+                    RELAY_FLOOR.to_string(),
+                    http(&relay_floor.url, None, relay_floor.pid()),
+                ),
+                (
                     "direct stdio".to_string(),
                     sweep::Target::Direct { command: MCP_ECHO },
                 ),
@@ -554,6 +571,7 @@ async fn compare(
     }
     daemon.stop();
     floor.stop();
+    relay_floor.stop();
     if let Some(b) = baseline {
         b.stop();
     }
@@ -650,6 +668,19 @@ async fn compare(
             format!("{} µs", own.show_signed(0)),
             "",
         ));
+        if r1.runs.len() == m1.runs.len() {
+            let own = per_round(&m1, &r1, &|m, f| m.lat.p50 - f.lat.p50);
+            rows.push(Row::new(
+                "latency c=1, p50: relay floor",
+                us(&m1.spread(|r| r.lat.p50)),
+                format!(
+                    "{} (hyper, one pipe hop to the same child, ids swapped)",
+                    us(&r1.spread(|r| r.lat.p50))
+                ),
+                format!("{} µs", own.show_signed(0)),
+                "",
+            ));
+        }
         let cpu =
             |s: &Series, f: fn(&Run) -> Option<f64>| us(&s.spread(|r| f(r).unwrap_or(f64::NAN)));
         rows.push(Row::new(
@@ -703,6 +734,31 @@ async fn compare(
             )
             .judged(r <= 1.15, format!("missed: {r:.2}× of 1.15×")),
         );
+        if rc.runs.len() == mc.runs.len() {
+            // Where the target's floor really is: the pipe hop alone against HTTP plus the
+            // child, and mcpmux against the hop (what its own features cost).
+            let hop = Spread(rc.runs.iter().zip(&floor_tree).map(|(r, f)| tree(r) / f).collect());
+            rows.push(Row::new(
+                &format!("CPU per call c={c}: relay floor + child"),
+                us(&rc.spread(tree)),
+                format!(
+                    "{} (HTTP floor server + child driven directly)",
+                    us(&Spread(floor_tree.clone()))
+                ),
+                format!("{}×", hop.show(2)),
+                "",
+            ));
+            rows.push(Row::new(
+                &format!("CPU per call c={c}: mcpmux + child, against the relay floor"),
+                us(&mc.spread(tree)),
+                format!(
+                    "{} (relay floor + child: hyper, one pipe hop, ids swapped)",
+                    us(&rc.spread(tree))
+                ),
+                format!("{}×", per_round(&mc, &rc, &|m, r| tree(m) / tree(r)).show(2)),
+                "",
+            ));
+        }
     }
     if !mc.runs.is_empty() {
         let ratio = per_round(&mc, &pipe, &|m, s| m.rps / s.rps);
@@ -727,6 +783,18 @@ async fn compare(
             format!("{}×", per_round(&mc, &fc, &|m, f| m.rps / f.rps).show(2)),
             "",
         ));
+        if rc.runs.len() == mc.runs.len() {
+            rows.push(Row::new(
+                &format!("throughput c={c}: relay floor"),
+                mc.spread(|r| r.rps).show(0),
+                format!(
+                    "{} (hyper, one pipe hop to the same child)",
+                    rc.spread(|r| r.rps).show(0)
+                ),
+                format!("{}×", per_round(&mc, &rc, &|m, r| m.rps / r.rps).show(2)),
+                "",
+            ));
+        }
         let tail = mc.spread(|r| r.lat.p99 / r.lat.p50);
         let t = tail.median();
         rows.push(
@@ -812,6 +880,7 @@ async fn compare(
             "direct_stdio_sequential": seq.json(), "direct_stdio_pipelined": pipe.json(),
             "mcpmux_c1": m1.json(), "mcpmux_c": mc.json(), "peers": peers_json,
             "http_floor_c1": f1.json(), "http_floor_c": fc.json(),
+            "relay_floor_c1": r1.json(), "relay_floor_c": rc.json(),
             "baseline_build_c1": b1.json(), "baseline_build_c": bc.json(),
         }),
     );

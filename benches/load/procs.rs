@@ -160,6 +160,14 @@ impl Daemon {
         Self::from_command("http floor", cmd)
     }
 
+    /// Starts the relay floor server (this bench binary, `relay_floor.rs`) with its child.
+    pub fn start_relay_floor() -> Result<Self, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
+        let mut cmd = Command::new(exe);
+        cmd.arg(crate::relay_floor::FLAG);
+        Self::from_command("relay floor", cmd)
+    }
+
     /// Runs `cmd` and waits for its `listening on http://ADDR/mcp` line.
     fn from_command(name: &str, cmd: Command) -> Result<Self, String> {
         let (proc, rx) = Proc::spawn(name, cmd, Some("listening on http://"))?;
