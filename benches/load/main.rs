@@ -31,13 +31,13 @@
 
 mod chart;
 mod floor;
-mod relay_floor;
 mod h2;
 mod http;
 mod init;
 mod load;
 mod mcp;
 mod procs;
+mod relay_floor;
 mod scale;
 mod stats;
 mod stdio;
@@ -737,7 +737,13 @@ async fn compare(
         if rc.runs.len() == mc.runs.len() {
             // Where the target's floor really is: the pipe hop alone against HTTP plus the
             // child, and mcpmux against the hop (what its own features cost).
-            let hop = Spread(rc.runs.iter().zip(&floor_tree).map(|(r, f)| tree(r) / f).collect());
+            let hop = Spread(
+                rc.runs
+                    .iter()
+                    .zip(&floor_tree)
+                    .map(|(r, f)| tree(r) / f)
+                    .collect(),
+            );
             rows.push(Row::new(
                 &format!("CPU per call c={c}: relay floor + child"),
                 us(&rc.spread(tree)),
@@ -755,7 +761,10 @@ async fn compare(
                     "{} (relay floor + child: hyper, one pipe hop, ids swapped)",
                     us(&rc.spread(tree))
                 ),
-                format!("{}×", per_round(&mc, &rc, &|m, r| tree(m) / tree(r)).show(2)),
+                format!(
+                    "{}×",
+                    per_round(&mc, &rc, &|m, r| tree(m) / tree(r)).show(2)
+                ),
                 "",
             ));
         }

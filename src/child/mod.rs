@@ -16,8 +16,8 @@
 //! `stderr`.
 
 mod framing;
-mod outgoing;
 pub mod inherited;
+mod outgoing;
 pub mod sandbox;
 mod spawn;
 pub mod state;

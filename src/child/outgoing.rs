@@ -132,7 +132,11 @@ mod tests {
         let joined: Vec<u8> = slices[..n].iter().flat_map(|s| s.to_vec()).collect();
         assert_eq!(joined, b"e\ntwo\n");
         let mut two = [IoSlice::new(&[]); 2];
-        assert_eq!(out.chunks_vectored(&mut two), 2, "never more than dst holds");
+        assert_eq!(
+            out.chunks_vectored(&mut two),
+            2,
+            "never more than dst holds"
+        );
     }
 
     #[test]
