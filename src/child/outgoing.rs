@@ -33,7 +33,10 @@ impl Outgoing {
     pub fn push(&mut self, line: Bytes) {
         self.remaining += line.len() + 1;
         self.messages += 1;
-        self.parts.push_back(line);
+        // No empty part: `chunk` must not be empty while anything remains.
+        if !line.is_empty() {
+            self.parts.push_back(line);
+        }
         self.parts.push_back(Bytes::from_static(b"\n"));
     }
 
@@ -87,6 +90,7 @@ impl Buf for Outgoing {
             cnt -= front.len();
             self.parts.pop_front();
         }
+        debug_assert!(self.parts.front().is_none_or(|p| !p.is_empty()));
         if self.remaining == 0 {
             self.messages = 0;
         }
@@ -100,6 +104,7 @@ mod tests {
     fn written(out: &mut Outgoing, step: usize) -> Vec<u8> {
         let mut got = Vec::new();
         while out.has_remaining() {
+            assert!(!out.chunk().is_empty(), "a chunk while bytes remain");
             let n = step.min(out.chunk().len());
             got.extend_from_slice(&out.chunk()[..n]);
             out.advance(n);
@@ -114,7 +119,7 @@ mod tests {
             for line in ["{\"a\":1}", "", "{\"b\":22}"] {
                 out.push(Bytes::from(line));
             }
-            assert_eq!(out.remaining(), 7 + 1 + 0 + 1 + 8 + 1);
+            assert_eq!(out.remaining(), "{\"a\":1}\n\n{\"b\":22}\n".len());
             assert_eq!(written(&mut out, step), b"{\"a\":1}\n\n{\"b\":22}\n");
             assert!(out.is_empty());
             assert!(out.has_room(), "an emptied batch starts over");
