@@ -43,17 +43,13 @@ fn tokens() -> SessionTokens {
 }
 
 /// A tenant's sessions with `HELD` signed sessions in it; returns one of their ids.
-fn held_sessions(tokens: &SessionTokens) -> (Arc<Sessions>, String) {
+fn held_sessions(tokens: &SessionTokens) -> (Arc<Sessions>, Arc<str>) {
     let sessions = Arc::new(Sessions::default());
-    let mut last = String::new();
+    let mut last = Arc::from("");
     for _ in 0..HELD {
         let (id, mark) = tokens.issue("acme", "2025-11-25", PARAMS).unwrap();
         let in_use = sessions
-            .insert(
-                id.as_str().into(),
-                "2025-11-25".into(),
-                ClientCaps::default(),
-            )
+            .insert(id.clone(), "2025-11-25".into(), ClientCaps::default())
             .unwrap();
         in_use.session().mark_signed(|| mark);
         last = id;
@@ -62,7 +58,7 @@ fn held_sessions(tokens: &SessionTokens) -> (Arc<Sessions>, String) {
 }
 
 /// Ends a resumed session when dropped (criterion drops outputs outside the timing).
-struct Resumed(Arc<Sessions>, String);
+struct Resumed(Arc<Sessions>, Arc<str>);
 
 impl Drop for Resumed {
     fn drop(&mut self) {
@@ -105,7 +101,7 @@ fn lookup(c: &mut Criterion) {
                 let claims = tokens.resumable(&id, "acme").unwrap();
                 let caps = caps_of(&claims.params, &claims.version);
                 let in_use = sessions
-                    .insert(id.as_str().into(), claims.version.clone(), caps)
+                    .insert(id.clone(), claims.version.clone(), caps)
                     .unwrap();
                 in_use.session().mark_signed(|| tokens.mark(&claims));
                 // Dropped after timing: the map stays at HELD sessions.

@@ -31,7 +31,7 @@ use crate::mcp::envelope::{
 use crate::mcp::relay::Relay;
 use crate::mcp::session::{InsertError, Session, new_session_id};
 use crate::mcp::version::{self, Revision};
-use crate::token::{EndMark, IssueError};
+use crate::token::{EndMark, IssueError, ReducedParams};
 
 /// The session header.
 pub const SESSION_HEADER: &str = "mcp-session-id";
@@ -181,19 +181,11 @@ pub(super) async fn session_of(
     Ok(session)
 }
 
-#[derive(Deserialize)]
-struct InitParams<'a> {
-    #[serde(rename = "protocolVersion", borrow)]
-    protocol_version: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow)]
-    capabilities: Option<&'a serde_json::value::RawValue>,
-}
-
 /// What a caller can answer, from its raw `initialize` params at `version`.
 pub(super) fn caps_of(params: &str, version: &str) -> ClientCaps {
     let revision = Revision::parse(version).unwrap_or(Revision::R2024_11_05);
-    let raw = serde_json::from_str::<InitParams<'_>>(params).ok();
-    ClientCaps::parse(raw.and_then(|p| p.capabilities), revision)
+    let raw = ReducedParams::parse(params).and_then(|p| p.capabilities);
+    ClientCaps::parse(raw, revision)
 }
 
 async fn initialize(post: &Post<'_>) -> Response<Body> {
@@ -206,12 +198,23 @@ async fn initialize(post: &Post<'_>) -> Response<Body> {
             "initialize needs params",
         );
     };
-    let Ok(parsed) = serde_json::from_str::<InitParams<'_>>(params.get()) else {
-        return rpc_error(
+    // One parse serves the negotiation, the capabilities and a signed id.
+    let malformed = || {
+        rpc_error(
             StatusCode::BAD_REQUEST,
             INVALID_PARAMS,
             "initialize params are malformed",
-        );
+        )
+    };
+    let Some(parsed) = ReducedParams::parse(params.get()) else {
+        return malformed();
+    };
+    let wanted = match parsed.protocol_version {
+        None => String::new(),
+        Some(raw) => match serde_json::from_str::<String>(raw.get()) {
+            Ok(wanted) => wanted,
+            Err(_) => return malformed(),
+        },
     };
     let (_relay, cache) = match app
         .pool
@@ -222,11 +225,10 @@ async fn initialize(post: &Post<'_>) -> Response<Body> {
         Err(e) => return start_failed(id, e),
     };
     let child_version = result_version(&cache.result).unwrap_or_default();
-    let wanted = parsed.protocol_version.as_deref().unwrap_or_default();
-    let version = version::negotiate(wanted, &child_version);
+    let version = version::negotiate(&wanted, &child_version);
     let revision = Revision::parse(&version).unwrap_or(Revision::R2024_11_05);
     let caps = ClientCaps::parse(parsed.capabilities, revision);
-    let (session_id, mark) = match issue_id(app, ctx, &version, params.get()) {
+    let (session_id, mark) = match issue_id(app, ctx, &version, parsed) {
         Ok(issued) => issued,
         Err(e) => {
             return rpc_error(
@@ -251,10 +253,21 @@ async fn initialize(post: &Post<'_>) -> Response<Body> {
     message.push(b'}');
     let to = replying(app, ctx, session);
     let mut response = single(message.into(), post.accept, &to);
-    if let Ok(value) = HeaderValue::from_str(&session_id) {
+    let shared = Bytes::from_owner(IdBytes(session_id));
+    if let Ok(value) = HeaderValue::from_maybe_shared(shared) {
         response.headers_mut().insert(SESSION_HEADER, value);
     }
     response
+}
+
+/// A session id as the bytes of its response header, shared with the session map's key
+/// rather than copied (a signed id is some 400 bytes).
+struct IdBytes(Arc<str>);
+
+impl AsRef<[u8]> for IdBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
 }
 
 /// A new session id: signed with `--session-key-file`, else node-local random. A session
@@ -263,11 +276,11 @@ fn issue_id(
     app: &App,
     ctx: &Ctx,
     version: &str,
-    params: &str,
+    params: ReducedParams<'_>,
 ) -> Result<(Arc<str>, Option<EndMark>), getrandom::Error> {
     if let Some(tokens) = &app.settings.session_tokens {
-        match tokens.issue(ctx.tenant.id.as_str(), version, params) {
-            Ok((token, mark)) => return Ok((token.into(), Some(mark))),
+        match tokens.issue_reduced(ctx.tenant.id.as_str(), version, params) {
+            Ok((token, mark)) => return Ok((token, Some(mark))),
             Err(IssueError::Random(e)) => return Err(e),
             Err(e) => {
                 warn!(client_id = %ctx.tenant.id, error = %e, "session id not signed; this session cannot move between nodes");

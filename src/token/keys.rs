@@ -8,12 +8,15 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-type HmacSha256 = Hmac<Sha256>;
+use super::prefix;
+use crate::sync::lock;
+
+pub(super) type HmacSha256 = Hmac<Sha256>;
 
 /// Bytes per key.
 pub const KEY_BYTES: usize = 32;
@@ -98,6 +101,13 @@ impl Key {
         mac.finalize().into_bytes().into()
     }
 
+    /// The HMAC state after `data`, to be continued with [`finish`].
+    pub(super) fn mac_after(&self, data: &[u8]) -> HmacSha256 {
+        let mut mac = self.mac.clone();
+        mac.update(data);
+        mac
+    }
+
     /// True when `tag` is this key's HMAC of `data`; constant time in the tag's content.
     pub fn verifies(&self, data: &[u8], tag: &[u8]) -> bool {
         let mut mac = self.mac.clone();
@@ -106,17 +116,29 @@ impl Key {
     }
 }
 
-/// A non-empty set of keys: the signer (the file's first) and every key, signer included.
+/// The HMAC of what `mac` has seen and then `rest`.
+pub(super) fn finish(mut mac: HmacSha256, rest: &[u8]) -> [u8; 32] {
+    mac.update(rest);
+    mac.finalize().into_bytes().into()
+}
+
+/// A non-empty set of keys: the signer (the file's first) and every key, signer included,
+/// and the signer's cache of token heads.
 #[derive(Debug)]
 struct KeySet {
     signer: Key,
     all: Vec<Key>,
+    heads: Mutex<prefix::Cache>,
 }
 
 impl KeySet {
     fn new(all: Vec<Key>) -> Option<Self> {
         let signer = all.first()?.clone();
-        Some(Self { signer, all })
+        Some(Self {
+            signer,
+            all,
+            heads: Mutex::default(),
+        })
     }
 }
 
@@ -165,6 +187,19 @@ impl Keyring {
     /// The signing key (the file's first).
     pub fn signer(&self) -> Key {
         self.current().signer.clone()
+    }
+
+    /// The signing key's HMAC-SHA256 of `data` (no copy of the key beyond the one MAC).
+    pub fn tag(&self, data: &[u8]) -> [u8; 32] {
+        self.current().signer.tag(data)
+    }
+
+    /// Appends the encoded head of a token for `tenant` whose payload starts with `json`,
+    /// from the signer's cache (see [`prefix`]); returns the bytes of `json` it covers and
+    /// the signer's HMAC state after what it appended.
+    pub(super) fn head(&self, tenant: &str, json: &[u8], out: &mut Vec<u8>) -> (usize, HmacSha256) {
+        let keys = self.current();
+        lock(&keys.heads).head(&keys.signer, tenant, json, out)
     }
 
     /// True when any key's HMAC of `data` is `tag`. Every key is tried, so the time does not

@@ -14,13 +14,16 @@
 
 pub mod ended;
 pub mod keys;
+mod prefix;
 mod service;
 
+use std::cell::RefCell;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
 pub use ended::Ended;
@@ -84,7 +87,7 @@ pub enum IssueError {
     TooLong(usize),
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Payload<'a> {
     #[serde(borrow)]
@@ -100,24 +103,69 @@ struct Payload<'a> {
 }
 
 /// The fields of `initialize` params a fresh child needs; the rest (`_meta`, vendor fields)
-/// is per-request and is dropped to keep the token small.
-#[derive(Serialize, Deserialize)]
-struct ReducedParams<'a> {
-    #[serde(
-        rename = "protocolVersion",
-        borrow,
-        skip_serializing_if = "Option::is_none"
-    )]
-    protocol_version: Option<&'a RawValue>,
-    #[serde(borrow, skip_serializing_if = "Option::is_none")]
-    capabilities: Option<&'a RawValue>,
-    #[serde(rename = "clientInfo", borrow, skip_serializing_if = "Option::is_none")]
-    client_info: Option<&'a RawValue>,
+/// is per-request and is dropped to keep the token small. Each is the caller's JSON, byte
+/// for byte.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+pub struct ReducedParams<'a> {
+    /// `protocolVersion`.
+    #[serde(rename = "protocolVersion", borrow)]
+    pub protocol_version: Option<&'a RawValue>,
+    /// `capabilities`.
+    #[serde(borrow)]
+    pub capabilities: Option<&'a RawValue>,
+    /// `clientInfo`.
+    #[serde(rename = "clientInfo", borrow)]
+    pub client_info: Option<&'a RawValue>,
+}
+
+impl<'a> ReducedParams<'a> {
+    /// The fields of raw `initialize` params; `None` when they are not a JSON object.
+    pub fn parse(init_params: &'a str) -> Option<Self> {
+        serde_json::from_str(init_params).ok()
+    }
+
+    /// At least the bytes [`ReducedParams::write`] appends (a buffer's capacity).
+    fn len_bound(&self) -> usize {
+        let field =
+            |name: &str, v: Option<&RawValue>| v.map_or(0, |v| name.len() + 4 + v.get().len());
+        2 + field("protocolVersion", self.protocol_version)
+            + field("capabilities", self.capabilities)
+            + field("clientInfo", self.client_info)
+    }
+
+    /// Appends them as one JSON object (`{}` when none is present).
+    fn write(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        let mut first = true;
+        for (name, value) in [
+            ("protocolVersion", self.protocol_version),
+            ("capabilities", self.capabilities),
+            ("clientInfo", self.client_info),
+        ] {
+            let Some(value) = value else { continue };
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.push(b'"');
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"\":");
+            out.extend_from_slice(value.get().as_bytes());
+        }
+        out.push(b'}');
+    }
 }
 
 /// Unix seconds of `at`.
 pub fn unix_secs(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A fresh nonce from the OS CSPRNG.
+fn nonce() -> Result<[u8; NONCE_BYTES], IssueError> {
+    let mut nonce = [0u8; NONCE_BYTES];
+    getrandom::fill(&mut nonce)?;
+    Ok(nonce)
 }
 
 impl Claims {
@@ -130,36 +178,19 @@ impl Claims {
         now: SystemTime,
         lifetime: Duration,
     ) -> Result<Self, IssueError> {
-        let reduced: ReducedParams<'_> =
-            serde_json::from_str(init_params).map_err(|_| IssueError::Params)?;
-        let params = serde_json::to_string(&reduced).map_err(|_| IssueError::Params)?;
-        let mut nonce = [0u8; NONCE_BYTES];
-        getrandom::fill(&mut nonce)?;
+        let reduced = ReducedParams::parse(init_params).ok_or(IssueError::Params)?;
+        let mut params = Vec::with_capacity(reduced.len_bound());
+        reduced.write(&mut params);
         let issued = unix_secs(now);
         Ok(Self {
             tenant: tenant.to_owned(),
             version: version.to_owned(),
-            params,
-            nonce,
+            // Raw JSON slices and ASCII punctuation: UTF-8 throughout.
+            params: String::from_utf8(params).map_err(|_| IssueError::Params)?,
+            nonce: nonce()?,
             issued,
             expires: issued.saturating_add(lifetime.as_secs()),
         })
-    }
-
-    fn encode_payload(&self) -> String {
-        let params = RawValue::from_string(self.params.clone())
-            .unwrap_or_else(|_| RawValue::NULL.to_owned());
-        let payload = Payload {
-            t: self.tenant.as_str().into(),
-            v: self.version.as_str().into(),
-            p: &params,
-            n: hex::encode(self.nonce).into(),
-            i: self.issued,
-            e: self.expires,
-        };
-        // Serializing owned strings and numbers cannot fail.
-        let json = serde_json::to_vec(&payload).unwrap_or_default();
-        URL_SAFE_NO_PAD.encode(json)
     }
 
     fn decode_payload(encoded: &str) -> Result<Self, TokenError> {
@@ -182,18 +213,188 @@ impl Claims {
     }
 }
 
+/// What a token is made of, borrowed: the claims without their owned copies.
+struct Fields<'a> {
+    tenant: &'a str,
+    version: &'a str,
+    params: Params<'a>,
+    nonce: &'a [u8; NONCE_BYTES],
+    issued: u64,
+    expires: u64,
+}
+
+/// The params of a token: already reduced JSON (from [`Claims`]), or the caller's fields.
+enum Params<'a> {
+    Json(&'a str),
+    Reduced(ReducedParams<'a>),
+}
+
+impl Fields<'_> {
+    /// Appends the payload JSON up to the nonce (`{"t":…,"v":…,"p":{…},"n":"`), in the
+    /// layout [`Payload`] reads: the part every session of a tenant and client has in common.
+    fn payload_head(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"t\":");
+        json_str(out, self.tenant);
+        out.extend_from_slice(b",\"v\":");
+        json_str(out, self.version);
+        out.extend_from_slice(b",\"p\":");
+        match &self.params {
+            Params::Json(json) => out.extend_from_slice(json.as_bytes()),
+            Params::Reduced(reduced) => reduced.write(out),
+        }
+        out.extend_from_slice(b",\"n\":\"");
+    }
+
+    /// Appends the rest of the payload: the nonce's hex, the times, the closing brace.
+    fn payload_tail(&self, out: &mut Vec<u8>) {
+        let mut hex = [0u8; 2 * NONCE_BYTES];
+        // The buffer is exactly twice the nonce: this cannot fail.
+        if hex::encode_to_slice(self.nonce, &mut hex).is_ok() {
+            out.extend_from_slice(&hex);
+        }
+        out.extend_from_slice(b"\",\"i\":");
+        decimal(out, self.issued);
+        out.extend_from_slice(b",\"e\":");
+        decimal(out, self.expires);
+        out.push(b'}');
+    }
+
+    /// `m1.<payload>.<tag>`. The head of the payload comes encoded and MAC'd from the key's
+    /// cache ([`prefix`]); only the rest (the last bytes of the head that do not fill a
+    /// base64 group, the nonce, the times) is encoded and MAC'd here. Built in this
+    /// thread's scratch buffers, so the one allocation is the id itself.
+    fn sign(&self, ring: &Keyring) -> Result<Arc<str>, IssueError> {
+        with_scratch(|json, token| {
+            self.payload_head(json);
+            let head_len = json.len();
+            self.payload_tail(json);
+            let body_len = PREFIX.len() + base64_len(json.len());
+            let len = body_len + 1 + base64_len(TAG_BYTES);
+            if len > MAX_TOKEN_BYTES {
+                return Err(IssueError::TooLong(len));
+            }
+            let (aligned, mac) = ring.head(self.tenant, &json[..head_len], token);
+            let start = token.len();
+            token.resize(len, 0);
+            // Both slices are sized by `base64_len`, so neither encode can run short.
+            let short = |_| IssueError::TooLong(len);
+            URL_SAFE_NO_PAD
+                .encode_slice(&json[aligned..], &mut token[start..body_len])
+                .map_err(short)?;
+            let tag = keys::finish(mac, &token[start..body_len]);
+            token[body_len] = b'.';
+            URL_SAFE_NO_PAD
+                .encode_slice(tag, &mut token[body_len + 1..])
+                .map_err(short)?;
+            // Base64 and ASCII punctuation only.
+            let text = std::str::from_utf8(token).map_err(|_| IssueError::TooLong(len))?;
+            Ok(Arc::from(text))
+        })
+    }
+}
+
+/// Scratch capacity a thread keeps between tokens; a larger one (huge params) is let go.
+const SCRATCH_KEEP: usize = 2 * MAX_TOKEN_BYTES;
+
+thread_local! {
+    /// The payload JSON and the token being built, reused token after token.
+    static SCRATCH: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Runs `f` on this thread's two scratch buffers, emptied.
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>, &mut Vec<u8>) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut bufs) => {
+            let (json, token) = &mut *bufs;
+            json.clear();
+            token.clear();
+            let out = f(json, token);
+            for buf in [json, token] {
+                if buf.capacity() > SCRATCH_KEEP {
+                    *buf = Vec::new();
+                }
+            }
+            out
+        }
+        // Not re-entered today; if it ever is, fresh buffers do.
+        Err(_) => f(&mut Vec::new(), &mut Vec::new()),
+    })
+}
+
+/// Bytes of an HMAC-SHA256 tag.
+const TAG_BYTES: usize = 32;
+
+/// Length of `n` bytes as unpadded base64.
+const fn base64_len(n: usize) -> usize {
+    (n * 4).div_ceil(3)
+}
+
+/// Appends `s` as a JSON string.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    let plain = s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\');
+    if plain {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+}
+
+/// Appends `n` in decimal.
+fn decimal(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 /// Signs `claims` with the ring's first key.
 pub fn sign(ring: &Keyring, claims: &Claims) -> Result<String, IssueError> {
-    let mut token = String::with_capacity(256);
-    token.push_str(PREFIX);
-    token.push_str(&claims.encode_payload());
-    let tag = ring.signer().tag(token.as_bytes());
-    token.push('.');
-    token.push_str(&URL_SAFE_NO_PAD.encode(tag));
-    if token.len() > MAX_TOKEN_BYTES {
-        return Err(IssueError::TooLong(token.len()));
+    let token = Fields {
+        tenant: &claims.tenant,
+        version: &claims.version,
+        params: Params::Json(&claims.params),
+        nonce: &claims.nonce,
+        issued: claims.issued,
+        expires: claims.expires,
     }
-    Ok(token)
+    .sign(ring)?;
+    Ok(token.as_ref().to_owned())
+}
+
+/// A signed id for a new session of `tenant` at `version` from the caller's `initialize`
+/// fields, issued at `now` for `lifetime`, without building [`Claims`]: its nonce and expiry.
+pub(crate) fn issue(
+    ring: &Keyring,
+    tenant: &str,
+    version: &str,
+    params: ReducedParams<'_>,
+    now: SystemTime,
+    lifetime: Duration,
+) -> Result<(Arc<str>, [u8; NONCE_BYTES], u64), IssueError> {
+    let nonce = nonce()?;
+    let issued = unix_secs(now);
+    let expires = issued.saturating_add(lifetime.as_secs());
+    let token = Fields {
+        tenant,
+        version,
+        params: Params::Reduced(params),
+        nonce: &nonce,
+        issued,
+        expires,
+    }
+    .sign(ring)?;
+    Ok((token, nonce, expires))
 }
 
 /// Verifies `token` for a request of `tenant` at `now`: the tag against every key of the
@@ -258,6 +459,64 @@ mod tests {
             serde_json::json!({"protocolVersion":"2025-11-25","capabilities":{"sampling":{},"x-vendor":{"a":1}},"clientInfo":{"name":"t","version":"1"}}),
             "capabilities are kept byte for byte, per-request _meta is dropped"
         );
+    }
+
+    #[test]
+    fn an_id_issued_from_parsed_fields_carries_what_claims_new_reduces() {
+        let now = SystemTime::now();
+        let ring = ring(&[KEY_A]);
+        let life = Duration::from_secs(3600);
+        // A tenant needing JSON escapes, and params with nested strings and whitespace.
+        let tenant = "a\"b\\c\u{1}é";
+        let fields = ReducedParams::parse(PARAMS).unwrap();
+        let (token, nonce, expires) =
+            issue(&ring, tenant, "2025-11-25", fields, now, life).unwrap();
+        let got = verify(&ring, &token, tenant, now).unwrap();
+        assert_eq!(got.tenant, tenant);
+        assert_eq!((got.nonce, got.expires), (nonce, expires));
+        assert_eq!(got.expires - got.issued, 3600);
+        let reduced = Claims::new(tenant, "2025-11-25", PARAMS, now, life).unwrap();
+        assert_eq!(got.params, reduced.params, "one reduction for both paths");
+        let none = ReducedParams::parse("{}").unwrap();
+        let (token, ..) = issue(&ring, "acme", "2025-11-25", none, now, life).unwrap();
+        assert_eq!(verify(&ring, &token, "acme", now).unwrap().params, "{}");
+    }
+
+    /// The token of `claims` encoded whole, without the cache of heads.
+    fn encoded_whole(ring: &Keyring, claims: &Claims) -> String {
+        let fields = Fields {
+            tenant: &claims.tenant,
+            version: &claims.version,
+            params: Params::Json(&claims.params),
+            nonce: &claims.nonce,
+            issued: claims.issued,
+            expires: claims.expires,
+        };
+        let mut json = Vec::new();
+        fields.payload_head(&mut json);
+        fields.payload_tail(&mut json);
+        let signed = format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(&json));
+        let tag = URL_SAFE_NO_PAD.encode(ring.signer().tag(signed.as_bytes()));
+        format!("{signed}.{tag}")
+    }
+
+    #[test]
+    fn a_cached_head_gives_the_token_encoding_it_whole_gives() {
+        let now = SystemTime::now();
+        let ring = ring(&[KEY_A]);
+        let life = Duration::from_secs(3600);
+        // Tenants of every length mod 3 put the head's end at every offset in a base64 group;
+        // two params per tenant make the cache replace its entry, then hit it.
+        for tenant in ["a", "ab", "abc", "abcd"] {
+            for params in [PARAMS, r#"{"protocolVersion":"2025-06-18"}"#, PARAMS] {
+                for _ in 0..2 {
+                    let claims = Claims::new(tenant, "2025-11-25", params, now, life).unwrap();
+                    let token = sign(&ring, &claims).unwrap();
+                    assert_eq!(token, encoded_whole(&ring, &claims), "{tenant} {params}");
+                    assert_eq!(verify(&ring, &token, tenant, now).unwrap(), claims);
+                }
+            }
+        }
     }
 
     #[test]

@@ -5,7 +5,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use super::{Claims, Ended, IssueError, KeyFileError, Keyring, NONCE_BYTES, TokenError, unix_secs};
+use super::{
+    Claims, Ended, IssueError, KeyFileError, Keyring, NONCE_BYTES, ReducedParams, TokenError,
+    unix_secs,
+};
 use crate::sync::lock;
 
 /// `--session-key-file` in force: mint, verify, and remember ended ids.
@@ -47,22 +50,39 @@ impl SessionTokens {
         self.ring.reload()
     }
 
-    /// A signed id for a new session, and the mark that records its end.
+    /// A signed id for a new session from the caller's raw `initialize` params, and the
+    /// mark that records its end.
     pub fn issue(
         &self,
         tenant: &str,
         version: &str,
         init_params: &str,
-    ) -> Result<(String, EndMark), IssueError> {
-        let claims = Claims::new(
+    ) -> Result<(Arc<str>, EndMark), IssueError> {
+        let params = ReducedParams::parse(init_params).ok_or(IssueError::Params)?;
+        self.issue_reduced(tenant, version, params)
+    }
+
+    /// As [`SessionTokens::issue`], from params the caller has parsed already.
+    pub fn issue_reduced(
+        &self,
+        tenant: &str,
+        version: &str,
+        params: ReducedParams<'_>,
+    ) -> Result<(Arc<str>, EndMark), IssueError> {
+        let (token, nonce, expires) = super::issue(
+            &self.ring,
             tenant,
             version,
-            init_params,
+            params,
             SystemTime::now(),
             self.lifetime,
         )?;
-        let token = super::sign(&self.ring, &claims)?;
-        Ok((token, self.mark(&claims)))
+        let mark = EndMark {
+            nonce,
+            expires,
+            ended: self.ended.clone(),
+        };
+        Ok((token, mark))
     }
 
     /// The claims of `token` when this node may resume it for `tenant` now.
