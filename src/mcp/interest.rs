@@ -24,6 +24,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::id_hash::{IdHash, IdMap};
+
 /// Subscriptions one session may hold at once (each costs memory for its URI).
 pub const MAX_SUBSCRIPTIONS_PER_SESSION: usize = 1024;
 /// Longest resource URI accepted for a subscription, in bytes.
@@ -124,9 +126,9 @@ pub enum SubscribeError {
 #[derive(Debug, Default)]
 pub struct Interest {
     /// URI → the sessions subscribed to it (never empty: the last one out removes the URI).
-    subscriptions: HashMap<String, HashSet<Arc<str>>>,
-    per_session: HashMap<Arc<str>, usize>,
-    levels: HashMap<Arc<str>, Level>,
+    subscriptions: HashMap<String, HashSet<Arc<str>, IdHash>>,
+    per_session: IdMap<Arc<str>, usize>,
+    levels: IdMap<Arc<str>, Level>,
 }
 
 impl Interest {

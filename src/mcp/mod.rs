@@ -23,6 +23,7 @@ pub mod control;
 pub mod depth;
 pub mod envelope;
 pub mod exit;
+pub mod id_hash;
 pub mod interest;
 pub mod listen;
 pub mod relay;

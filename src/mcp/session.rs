@@ -16,7 +16,6 @@
 //!
 //! [`stream`]: super::stream
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -27,6 +26,7 @@ use tracing::info;
 
 use super::admission::{Admission, Full, InUse, Seat, TenantSeats, Use};
 use super::caps::ClientCaps;
+use super::id_hash::IdMap;
 use super::interest::{Interest, Level};
 use super::listen::{self, Honored, Listens};
 use super::stream::{EventId, GET_STREAM, ResumeError, Streams};
@@ -112,7 +112,7 @@ impl Session {
 pub struct Sessions {
     /// The tenant's id, for logs and metrics.
     tenant: Arc<str>,
-    map: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    map: Mutex<IdMap<Arc<str>, Arc<Session>>>,
     /// The caps, shared by every tenant, and this tenant's seats under them.
     admission: Arc<Admission>,
     seats: Mutex<TenantSeats>,
