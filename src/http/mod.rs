@@ -64,11 +64,9 @@ impl App {
     /// Routes one request, then records it (metrics, access log).
     pub async fn handle(self: &Arc<Self>, req: Request<RequestBody>) -> Response<Body> {
         let started = tokio::time::Instant::now();
-        let session = req
-            .headers()
-            .get(mcp::SESSION_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        // A reference to the header's bytes, not a copy: a signed id is some 400 of them,
+        // and the access log that reads it is usually off.
+        let session = req.headers().get(mcp::SESSION_HEADER).cloned();
         let (response, client_id) = self.route(req).await;
         let observed = response
             .extensions()
@@ -85,7 +83,10 @@ impl App {
         crate::metrics::request(client_label, method, response.status().as_u16(), took);
         debug!(
             client_id = client_label,
-            session = session.as_deref().unwrap_or("-"),
+            session = session
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-"),
             method,
             status = response.status().as_u16(),
             duration_ms = took.as_secs_f64() * 1000.0,
