@@ -2,9 +2,11 @@
 //! acceptance 4: "nothing measurable"). Two daemons over the same one-tenant directory, one
 //! signing its ids and one not, both with the tenant's child already running, take
 //! `initialize` (then `notifications/initialized`, then an untimed `DELETE`, so the session
-//! cap is never near) back to back on one keep-alive connection each. The two alternate
-//! within every round, which goes first alternating too, so drift hits both alike; each
-//! round's ratio is taken within the round.
+//! cap is never near) back to back on one keep-alive connection each. The two take turns of
+//! [`TURN`] handshakes within every round, which goes first alternating too, so drift and
+//! bursts of load from elsewhere hit both alike; each round's ratio is taken within the
+//! round. CPU is read from the scheduler's per-thread counters (nanoseconds), not clock
+//! ticks, whose 10 ms would be several µs per handshake.
 
 use std::path::Path;
 use std::time::Duration;
@@ -54,24 +56,58 @@ impl InitCost {
     }
 }
 
-/// `per_round` handshakes on `daemon` (one connection); the figures of the run.
-async fn run_one(daemon: &Daemon, per_round: usize, side: &mut Side) -> Result<(), String> {
-    let ep = Endpoint::parse(&daemon.url)?;
-    let mut conn = Conn::new(&ep);
-    let mut samples = Vec::with_capacity(per_round);
-    let cpu0 = procs::cpu_s(daemon.pid());
-    for k in 0..per_round {
-        let hs = mcp::handshake(&mut conn, Some("demo"), k as u64).await?;
-        samples.push(hs.init);
-        let ended = conn.request("DELETE", &hs.headers, b"").await?;
-        if ended.status != 204 {
-            return Err(format!("DELETE: HTTP {}", ended.status));
-        }
+/// Handshakes per turn: the two daemons take turns this often within a round, so a burst
+/// of load from elsewhere on the machine hits both alike.
+const TURN: usize = 100;
+
+/// One daemon's connection and what a round has measured on it so far.
+struct Driver<'a> {
+    daemon: &'a Daemon,
+    ep: Endpoint,
+    conn: Conn,
+    samples: Vec<Duration>,
+    cpu_s: f64,
+}
+
+impl<'a> Driver<'a> {
+    fn new(daemon: &'a Daemon) -> Result<Self, String> {
+        let ep = Endpoint::parse(&daemon.url)?;
+        Ok(Self {
+            daemon,
+            conn: Conn::new(&ep),
+            ep,
+            samples: Vec::new(),
+            cpu_s: 0.0,
+        })
     }
-    let cpu = procs::cpu_s(daemon.pid()) - cpu0;
-    side.p50_us.push(Latency::of(samples).p50);
-    side.cpu_us.push(cpu * 1e6 / per_round as f64);
-    Ok(())
+
+    /// `n` handshakes (each ended with an untimed `DELETE`), timed and their CPU counted.
+    async fn turn(&mut self, n: usize, first_id: u64) -> Result<(), String> {
+        // A new connection each turn: which worker thread serves a connection sets its cost
+        // (a cross-thread wake per request or none), and on a busy machine that can stay
+        // lopsided for a whole run; many short connections average it out on both sides.
+        self.conn = Conn::new(&self.ep);
+        let cpu0 = procs::cpu_s_fine(self.daemon.pid());
+        for k in 0..n {
+            let hs = mcp::handshake(&mut self.conn, Some("demo"), first_id + k as u64).await?;
+            self.samples.push(hs.init);
+            let ended = self.conn.request("DELETE", &hs.headers, b"").await?;
+            if ended.status != 204 {
+                return Err(format!("DELETE: HTTP {}", ended.status));
+            }
+        }
+        self.cpu_s += procs::cpu_s_fine(self.daemon.pid()) - cpu0;
+        Ok(())
+    }
+
+    /// Moves the round's figures to `side`.
+    fn finish_round(&mut self, side: &mut Side) {
+        let n = self.samples.len().max(1);
+        side.cpu_us.push(self.cpu_s * 1e6 / n as f64);
+        side.p50_us
+            .push(Latency::of(std::mem::take(&mut self.samples)).p50);
+        self.cpu_s = 0.0;
+    }
 }
 
 /// Runs `rounds` rounds of `per_round` handshakes on each daemon.
@@ -96,20 +132,35 @@ pub async fn run(
         ..InitCost::default()
     };
     let res = async {
+        let mut signed_side = Driver::new(&signed)?;
+        let mut plain_side = Driver::new(&plain)?;
         // Warm-up, untimed: both children started, both connections' paths hot.
         let mut scratch = Side::default();
-        run_one(&signed, 200, &mut scratch).await?;
-        run_one(&plain, 200, &mut scratch).await?;
+        signed_side.turn(200, 0).await?;
+        plain_side.turn(200, 0).await?;
+        signed_side.finish_round(&mut scratch);
+        plain_side.finish_round(&mut scratch);
+        let mut id = 200;
         for round in 0..rounds {
-            if round % 2 == 0 {
-                run_one(&signed, per_round, &mut cost.signed).await?;
-                run_one(&plain, per_round, &mut cost.plain).await?;
-            } else {
-                run_one(&plain, per_round, &mut cost.plain).await?;
-                run_one(&signed, per_round, &mut cost.signed).await?;
+            let mut left = per_round;
+            let mut turn = round;
+            while left > 0 {
+                let n = left.min(TURN);
+                if turn % 2 == 0 {
+                    signed_side.turn(n, id).await?;
+                    plain_side.turn(n, id).await?;
+                } else {
+                    plain_side.turn(n, id).await?;
+                    signed_side.turn(n, id).await?;
+                }
+                left -= n;
+                id += n as u64;
+                turn += 1;
             }
+            signed_side.finish_round(&mut cost.signed);
+            plain_side.finish_round(&mut cost.plain);
             eprintln!(
-                "  round {}: initialize p50 signed {:.0} µs / plain {:.0} µs; daemon CPU per handshake {:.1} / {:.1} µs",
+                "  round {}: initialize p50 signed {:.1} µs / plain {:.1} µs; daemon CPU per handshake {:.1} / {:.1} µs",
                 round + 1,
                 cost.signed.p50_us[round],
                 cost.plain.p50_us[round],
