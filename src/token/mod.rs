@@ -169,6 +169,18 @@ fn nonce() -> Result<[u8; NONCE_BYTES], IssueError> {
 }
 
 impl Claims {
+    /// The fields a token of these claims is encoded from.
+    fn fields(&self) -> Fields<'_> {
+        Fields {
+            tenant: &self.tenant,
+            version: &self.version,
+            params: Params::Json(&self.params),
+            nonce: &self.nonce,
+            issued: self.issued,
+            expires: self.expires,
+        }
+    }
+
     /// Claims for a new session of `tenant` at revision `version`, from the caller's raw
     /// `initialize` params, issued now and valid for `lifetime`.
     pub fn new(
@@ -360,15 +372,7 @@ fn decimal(out: &mut Vec<u8>, n: u64) {
 
 /// Signs `claims` with the ring's first key.
 pub fn sign(ring: &Keyring, claims: &Claims) -> Result<String, IssueError> {
-    let token = Fields {
-        tenant: &claims.tenant,
-        version: &claims.version,
-        params: Params::Json(&claims.params),
-        nonce: &claims.nonce,
-        issued: claims.issued,
-        expires: claims.expires,
-    }
-    .sign(ring)?;
+    let token = claims.fields().sign(ring)?;
     Ok(token.as_ref().to_owned())
 }
 
@@ -484,14 +488,7 @@ mod tests {
 
     /// The token of `claims` encoded whole, without the cache of heads.
     fn encoded_whole(ring: &Keyring, claims: &Claims) -> String {
-        let fields = Fields {
-            tenant: &claims.tenant,
-            version: &claims.version,
-            params: Params::Json(&claims.params),
-            nonce: &claims.nonce,
-            issued: claims.issued,
-            expires: claims.expires,
-        };
+        let fields = claims.fields();
         let mut json = Vec::new();
         fields.payload_head(&mut json);
         fields.payload_tail(&mut json);
