@@ -43,6 +43,30 @@ struct Args<'a> {
 
 const SESSION: &str = "floor-session";
 
+/// A JSON response.
+pub fn reply(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// The answer to `initialize` (request id `id`, raw JSON) of a floor server named `name`,
+/// opening session `session`.
+pub fn initialized(id: &str, name: &str, session: &'static str) -> Response<Full<Bytes>> {
+    let text = format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"result":{{"protocolVersion":"{}","capabilities":{{"tools":{{}}}},"serverInfo":{{"name":"{name}","version":"1"}}}}}}"#,
+        crate::mcp::PROTOCOL
+    );
+    let mut r = reply(StatusCode::OK, Bytes::from(text));
+    r.headers_mut()
+        .insert("mcp-session-id", http::HeaderValue::from_static(session));
+    r
+}
+
 async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let body = req
         .into_body()
@@ -50,15 +74,6 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let reply = |status: StatusCode, body: Bytes| {
-        let mut r = Response::new(Full::new(body));
-        *r.status_mut() = status;
-        r.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        r
-    };
     let Ok(msg) = serde_json::from_slice::<Msg<'_>>(&body) else {
         return Ok(reply(StatusCode::BAD_REQUEST, Bytes::new()));
     };
@@ -67,16 +82,7 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
     };
     let id = id.get();
     let out = match msg.method {
-        Some("initialize") => {
-            let text = format!(
-                r#"{{"jsonrpc":"2.0","id":{id},"result":{{"protocolVersion":"{}","capabilities":{{"tools":{{}}}},"serverInfo":{{"name":"http-floor","version":"1"}}}}}}"#,
-                crate::mcp::PROTOCOL
-            );
-            let mut r = reply(StatusCode::OK, Bytes::from(text));
-            r.headers_mut()
-                .insert("mcp-session-id", http::HeaderValue::from_static(SESSION));
-            return Ok(r);
-        }
+        Some("initialize") => return Ok(initialized(id, "http-floor", SESSION)),
         Some("tools/call") => {
             let message = msg
                 .params
@@ -120,38 +126,64 @@ pub fn cold_once() -> std::process::ExitCode {
 
 /// Serves until killed; prints `listening on http://ADDR/mcp` to stderr like mcpmux.
 pub fn serve() -> std::process::ExitCode {
+    run_server(
+        "http floor",
+        serve_http(|| hyper::service::service_fn(answer)),
+    )
+}
+
+/// Runs `server` on a multi-thread runtime like mcpmux's; its error is printed as `name: …`.
+pub fn run_server(
+    name: &str,
+    server: impl Future<Output = Result<(), String>>,
+) -> std::process::ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("http floor: {e}");
+            eprintln!("{name}: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
-    rt.block_on(async {
-        let listener = match TcpListener::bind("127.0.0.1:0").await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("http floor: bind: {e}");
-                return std::process::ExitCode::FAILURE;
-            }
+    match rt.block_on(server) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Binds a loopback port, prints `listening on http://ADDR/mcp`, and serves every
+/// connection over HTTP/1 with a service from `service`, until killed.
+pub async fn serve_http<S>(service: impl Fn() -> S) -> Result<(), String>
+where
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<Full<Bytes>>,
+            Error = Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("bind: {e}"))?;
+    if let Ok(addr) = listener.local_addr() {
+        eprintln!("listening on http://{addr}/mcp");
+    }
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
         };
-        if let Ok(addr) = listener.local_addr() {
-            eprintln!("listening on http://{addr}/mcp");
-        }
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(answer);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    })
+        let _ = stream.set_nodelay(true);
+        let service = service();
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }

@@ -17,13 +17,13 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
 use tokio::process::{ChildStdin, ChildStdout, Command};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::floor::{initialized, reply, run_server, serve_http};
 
 /// The flag that turns this binary into the relay floor server.
 pub const FLAG: &str = "--relay-floor-server";
@@ -64,16 +64,6 @@ fn splice(text: &[u8], part: &str, with: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn reply(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
 async fn answer(
     relay: Arc<Relay>,
     req: Request<Incoming>,
@@ -92,17 +82,7 @@ async fn answer(
     };
     if msg.method == Some("initialize") {
         // Answered here, like the HTTP floor: the relay initialized its child at start.
-        let text = format!(
-            r#"{{"jsonrpc":"2.0","id":{},"result":{{"protocolVersion":"{}","capabilities":{{"tools":{{}}}},"serverInfo":{{"name":"relay-floor","version":"1"}}}}}}"#,
-            id.get(),
-            crate::mcp::PROTOCOL
-        );
-        let mut r = reply(StatusCode::OK, Bytes::from(text));
-        r.headers_mut().insert(
-            "mcp-session-id",
-            http::HeaderValue::from_static("relay-floor"),
-        );
-        return Ok(r);
+        return Ok(initialized(id.get(), "relay-floor", "relay-floor"));
     }
     let ours = relay.next.fetch_add(1, Ordering::Relaxed);
     let Some(line) = splice(&body, id.get(), ours.to_string().as_bytes()) else {
@@ -180,23 +160,7 @@ async fn read_stdout(stdout: ChildStdout, relay: Arc<Relay>) {
 /// Starts `mcp-echo`, initializes it, and serves until killed; prints
 /// `listening on http://ADDR/mcp` to stderr like mcpmux.
 pub fn serve() -> std::process::ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("relay floor: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("relay floor: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    run_server("relay floor", run())
 }
 
 async fn run() -> Result<(), String> {
@@ -238,23 +202,9 @@ async fn run() -> Result<(), String> {
     tokio::spawn(write_stdin(stdin, stdin_rx));
     tokio::spawn(read_stdout(stdout, relay.clone()));
 
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| format!("bind: {e}"))?;
-    if let Ok(addr) = listener.local_addr() {
-        eprintln!("listening on http://{addr}/mcp");
-    }
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
+    serve_http(move || {
         let relay = relay.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| answer(relay.clone(), req));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+        hyper::service::service_fn(move |req| answer(relay.clone(), req))
+    })
+    .await
 }
