@@ -1,11 +1,12 @@
 //! What signing session ids (`--session-key-file`) adds to a whole `initialize` (issue 12,
-//! acceptance 4: "nothing measurable"). Two daemons over the same one-tenant directory, one
-//! signing its ids and one not, both with the tenant's child already running, take
-//! `initialize` (then `notifications/initialized`, then an untimed `DELETE`, so the session
-//! cap is never near) back to back on one keep-alive connection each. The two take turns of
-//! [`TURN`] handshakes within every round, which goes first alternating too, so drift and
-//! bursts of load from elsewhere hit both alike; each round's ratio is taken within the
-//! round. CPU is read from the scheduler's per-thread counters (nanoseconds), not clock
+//! acceptance 4: "nothing measurable"). Three daemons over the same one-tenant directory, one
+//! signing its ids and two not (the second, the *twin*, is the control: what two identical
+//! daemons differ by in this run is what "measurable" must exceed), all with the tenant's
+//! child already running, take `initialize` (then `notifications/initialized`, then an
+//! untimed `DELETE`, so the session cap is never near) back to back on one keep-alive
+//! connection each. They take turns of [`TURN`] handshakes within every round, which goes
+//! first rotating too, so drift and bursts of load from elsewhere hit all alike; each round's
+//! ratios are taken within the round. CPU is read from the scheduler's per-thread counters (nanoseconds), not clock
 //! ticks, whose 10 ms would be several µs per handshake.
 
 use std::path::Path;
@@ -30,28 +31,41 @@ pub struct Side {
     pub cpu_us: Vec<f64>,
 }
 
-/// Both daemons' figures over the rounds.
+/// The three daemons' figures over the rounds.
 #[derive(Debug, Default)]
 pub struct InitCost {
     pub signed: Side,
     pub plain: Side,
+    /// A second node-local daemon: the control.
+    pub twin: Side,
     pub per_round: usize,
+}
+
+/// `a` over `b`, per round.
+fn per_round(a: &[f64], b: &[f64]) -> Spread {
+    Spread(a.iter().zip(b).map(|(a, b)| a / b).collect())
 }
 
 impl InitCost {
     /// Signed over plain, per round, of `f`.
     pub fn ratio(&self, f: impl Fn(&Side) -> &Vec<f64>) -> Spread {
-        let (s, p) = (f(&self.signed), f(&self.plain));
-        Spread(s.iter().zip(p).map(|(s, p)| s / p).collect())
+        per_round(f(&self.signed), f(&self.plain))
+    }
+
+    /// Twin over plain, per round, of `f`: two identical daemons, so the run's noise.
+    pub fn control(&self, f: impl Fn(&Side) -> &Vec<f64>) -> Spread {
+        per_round(f(&self.twin), f(&self.plain))
     }
 
     pub fn json(&self) -> Value {
         let side = |s: &Side| json!({"p50_us": s.p50_us, "cpu_us": s.cpu_us});
         json!({
             "handshakes_per_round": self.per_round,
-            "signed": side(&self.signed), "plain": side(&self.plain),
+            "signed": side(&self.signed), "plain": side(&self.plain), "twin": side(&self.twin),
             "ratio_p50": self.ratio(|s| &s.p50_us).json(),
             "ratio_cpu": self.ratio(|s| &s.cpu_us).json(),
+            "control_p50": self.control(|s| &s.p50_us).json(),
+            "control_cpu": self.control(|s| &s.cpu_us).json(),
         })
     }
 }
@@ -127,45 +141,49 @@ pub async fn run(
     let key_arg = key.to_string_lossy().into_owned();
     let signed = Daemon::start(clients, &["--session-key-file", &key_arg])?;
     let plain = Daemon::start(clients, &[])?;
+    let twin = Daemon::start(clients, &[])?;
     let mut cost = InitCost {
         per_round,
         ..InitCost::default()
     };
     let res = async {
-        let mut signed_side = Driver::new(&signed)?;
-        let mut plain_side = Driver::new(&plain)?;
-        // Warm-up, untimed: both children started, both connections' paths hot.
+        let mut sides = [
+            Driver::new(&signed)?,
+            Driver::new(&plain)?,
+            Driver::new(&twin)?,
+        ];
+        // Warm-up, untimed: the children started, the connections' paths hot.
         let mut scratch = Side::default();
-        signed_side.turn(200, 0).await?;
-        plain_side.turn(200, 0).await?;
-        signed_side.finish_round(&mut scratch);
-        plain_side.finish_round(&mut scratch);
+        for side in &mut sides {
+            side.turn(200, 0).await?;
+            side.finish_round(&mut scratch);
+        }
         let mut id = 200;
         for round in 0..rounds {
             let mut left = per_round;
             let mut turn = round;
             while left > 0 {
                 let n = left.min(TURN);
-                if turn % 2 == 0 {
-                    signed_side.turn(n, id).await?;
-                    plain_side.turn(n, id).await?;
-                } else {
-                    plain_side.turn(n, id).await?;
-                    signed_side.turn(n, id).await?;
+                for k in 0..sides.len() {
+                    sides[(turn + k) % sides.len()].turn(n, id).await?;
                 }
                 left -= n;
                 id += n as u64;
                 turn += 1;
             }
-            signed_side.finish_round(&mut cost.signed);
-            plain_side.finish_round(&mut cost.plain);
+            let [s, p, t] = &mut sides;
+            s.finish_round(&mut cost.signed);
+            p.finish_round(&mut cost.plain);
+            t.finish_round(&mut cost.twin);
             eprintln!(
-                "  round {}: initialize p50 signed {:.1} µs / plain {:.1} µs; daemon CPU per handshake {:.1} / {:.1} µs",
+                "  round {}: initialize p50 signed {:.1} µs / plain {:.1} / twin {:.1}; daemon CPU per handshake {:.1} / {:.1} / {:.1} µs",
                 round + 1,
                 cost.signed.p50_us[round],
                 cost.plain.p50_us[round],
+                cost.twin.p50_us[round],
                 cost.signed.cpu_us[round],
                 cost.plain.cpu_us[round],
+                cost.twin.cpu_us[round],
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -174,6 +192,7 @@ pub async fn run(
     .await;
     signed.stop();
     plain.stop();
+    twin.stop();
     res?;
     Ok(cost)
 }
