@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use super::prefix;
+use super::{TAG_BYTES, prefix};
 use crate::sync::lock;
 
 pub(super) type HmacSha256 = Hmac<Sha256>;
@@ -114,6 +114,14 @@ impl Key {
         mac.update(data);
         mac.verify_slice(tag).is_ok()
     }
+
+    /// True when `tag` is the first [`TAG_BYTES`] of this key's HMAC of `data`; constant
+    /// time in the tag's content.
+    pub fn verifies_truncated(&self, data: &[u8], tag: &[u8; TAG_BYTES]) -> bool {
+        let mut mac = self.mac.clone();
+        mac.update(data);
+        mac.verify_truncated_left(tag).is_ok()
+    }
 }
 
 /// The HMAC of what `mac` has seen and then `rest`.
@@ -209,6 +217,14 @@ impl Keyring {
             .all
             .iter()
             .fold(false, |ok, key| key.verifies(data, tag) | ok)
+    }
+
+    /// As [`Keyring::verifies`], for a tag of the HMAC's first [`TAG_BYTES`].
+    pub fn verifies_truncated(&self, data: &[u8], tag: &[u8; TAG_BYTES]) -> bool {
+        self.current()
+            .all
+            .iter()
+            .fold(false, |ok, key| key.verifies_truncated(data, tag) | ok)
     }
 }
 

@@ -1,13 +1,19 @@
 //! Signed session ids (`--session-key-file`): an `Mcp-Session-Id` any node sharing the key
 //! file can verify and resume (DESIGN §6).
 //!
-//! A token is `m1.<payload>.<tag>`, both parts unpadded URL-safe base64 (visible ASCII).
-//! The payload is JSON naming the tenant, the negotiated protocol revision, the caller's
-//! `initialize` params reduced to what a fresh child needs (`protocolVersion`,
-//! `capabilities`, `clientInfo`), a 128-bit nonce from the OS CSPRNG, the issue time and an
-//! absolute expiry (Unix seconds: tokens cross machines, so wall-clock time). The tag is
-//! HMAC-SHA256 over `m1.<payload>` with the first key of the ring; any key of the ring
-//! verifies, in constant time, so keys rotate without a flag day.
+//! A token is `m2.<payload>.<tag>`, both parts unpadded URL-safe base64 (visible ASCII).
+//! The payload is bytes: a flags byte (0), the tenant and the negotiated protocol revision
+//! (each a length byte and UTF-8), the caller's `initialize` params reduced to what a fresh
+//! child needs (`protocolVersion`, `capabilities`, `clientInfo`; JSON, byte for byte), then
+//! a 128-bit nonce from the OS CSPRNG, the issue time and an absolute expiry (Unix seconds,
+//! 8 bytes big-endian each: tokens cross machines, so wall-clock time). The tag is
+//! HMAC-SHA256 over `m2.<payload>` with the first key of the ring, truncated to its first
+//! 128 bits (RFC 2104 §5); any key of the ring verifies, in constant time, so keys rotate
+//! without a flag day. The id travels in a header on every request, so it is kept short:
+//! about 220 bytes for a typical client, against 320 for the JSON layout before it.
+//!
+//! `m1.` tokens (a JSON payload and the whole 256-bit tag, issued by the previous release)
+//! still verify, so sessions move to upgraded nodes during a rolling upgrade.
 //!
 //! Not here: what a node does with a verified token (the session lookup), and the record of
 //! ids a node ended itself ([`ended`]).
@@ -30,8 +36,10 @@ pub use ended::Ended;
 pub use keys::{KeyFileError, Keyring};
 pub use service::{EndMark, ResumeRefused, SessionTokens};
 
-/// Version prefix of every token; a new layout gets a new prefix.
-const PREFIX: &str = "m1.";
+/// Version prefix of every token issued; a new layout gets a new prefix.
+const PREFIX: &str = "m2.";
+/// The previous layout's prefix, verified only.
+const M1_PREFIX: &str = "m1.";
 /// Bytes of CSPRNG nonce per token (128 bits).
 pub const NONCE_BYTES: usize = 16;
 /// Longest token issued or accepted, in bytes: it travels in a header on every request.
@@ -85,11 +93,21 @@ pub enum IssueError {
     /// `clientInfo`).
     #[error("a signed session id would be {0} bytes, over the {MAX_TOKEN_BYTES} limit")]
     TooLong(usize),
+    /// The tenant id or the protocol revision is over [`MAX_FIELD_BYTES`] (never so for a
+    /// valid client id).
+    #[error("a tenant id or protocol revision over {MAX_FIELD_BYTES} bytes cannot be signed")]
+    FieldTooLong,
 }
 
+/// Longest tenant id or protocol revision a token holds (its length is one byte).
+pub const MAX_FIELD_BYTES: usize = 255;
+/// Bytes of the payload after the params: nonce, issue time, expiry.
+const TAIL_BYTES: usize = NONCE_BYTES + 16;
+
+/// The `m1` payload.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Payload<'a> {
+struct M1Payload<'a> {
     #[serde(borrow)]
     t: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
@@ -170,15 +188,15 @@ fn nonce() -> Result<[u8; NONCE_BYTES], IssueError> {
 
 impl Claims {
     /// The fields a token of these claims is encoded from.
-    fn fields(&self) -> Fields<'_> {
-        Fields {
+    fn fields(&self) -> Result<Fields<'_>, IssueError> {
+        Ok(Fields {
             tenant: &self.tenant,
             version: &self.version,
-            params: Params::Json(&self.params),
+            params: ReducedParams::parse(&self.params).ok_or(IssueError::Params)?,
             nonce: &self.nonce,
             issued: self.issued,
             expires: self.expires,
-        }
+        })
     }
 
     /// Claims for a new session of `tenant` at revision `version`, from the caller's raw
@@ -205,11 +223,59 @@ impl Claims {
         })
     }
 
+    /// The claims of an `m2` payload (base64).
     fn decode_payload(encoded: &str) -> Result<Self, TokenError> {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(encoded)
+            .map_err(|_| TokenError::Malformed)?;
+        let [flags, more @ ..] = bytes.as_slice() else {
+            return Err(TokenError::Malformed);
+        };
+        let mut rest = more;
+        if flags & !VERSION_IMPLIED != 0 {
+            return Err(TokenError::Malformed); // a later layout's flag
+        }
+        let tenant = take_field(&mut rest)?;
+        let version = take_field(&mut rest)?;
+        let split = rest
+            .len()
+            .checked_sub(TAIL_BYTES)
+            .ok_or(TokenError::Malformed)?;
+        let (params, tail) = rest.split_at(split);
+        let params = std::str::from_utf8(params).map_err(|_| TokenError::Malformed)?;
+        let params = if flags & VERSION_IMPLIED != 0 {
+            // Only a revision that needs no escapes is left out (`names_string`): quoted as
+            // it is, it restores the params byte for byte.
+            with_version_first(params, version)?
+        } else {
+            params.to_owned()
+        };
+        if ReducedParams::parse(&params).is_none() {
+            return Err(TokenError::Malformed);
+        }
+        let (nonce, times) = tail.split_at(NONCE_BYTES);
+        let (issued, expires) = times.split_at(8);
+        let secs = |b: &[u8]| {
+            <[u8; 8]>::try_from(b)
+                .map(u64::from_be_bytes)
+                .map_err(|_| TokenError::Malformed)
+        };
+        Ok(Self {
+            tenant: tenant.to_owned(),
+            version: version.to_owned(),
+            params,
+            nonce: nonce.try_into().map_err(|_| TokenError::Malformed)?,
+            issued: secs(issued)?,
+            expires: secs(expires)?,
+        })
+    }
+
+    /// The claims of an `m1` payload (base64 of JSON).
+    fn decode_m1_payload(encoded: &str) -> Result<Self, TokenError> {
         let json = URL_SAFE_NO_PAD
             .decode(encoded)
             .map_err(|_| TokenError::Malformed)?;
-        let payload: Payload<'_> =
+        let payload: M1Payload<'_> =
             serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
         let mut nonce = [0u8; NONCE_BYTES];
         hex::decode_to_slice(payload.n.as_bytes(), &mut nonce)
@@ -225,50 +291,85 @@ impl Claims {
     }
 }
 
+/// Flag: the params' `protocolVersion` is the negotiated revision, and left out.
+const VERSION_IMPLIED: u8 = 1;
+
+/// True when `raw` is the JSON string of `s` with nothing escaped.
+fn names_string(raw: &str, s: &str) -> bool {
+    raw.strip_prefix('"')
+        .and_then(|r| r.strip_suffix('"'))
+        .is_some_and(|inner| inner == s)
+}
+
+/// `params` (a JSON object written by [`ReducedParams::write`] without `protocolVersion`)
+/// with `"protocolVersion":"<version>"` put back first, as `write` orders it.
+fn with_version_first(params: &str, version: &str) -> Result<String, TokenError> {
+    let rest = params.strip_prefix('{').ok_or(TokenError::Malformed)?;
+    let sep = if rest == "}" { "" } else { "," };
+    Ok(format!(r#"{{"protocolVersion":"{version}"{sep}{rest}"#))
+}
+
+/// Takes a length byte and that many bytes of UTF-8 off the front of `rest`.
+fn take_field<'a>(rest: &mut &'a [u8]) -> Result<&'a str, TokenError> {
+    let [len, more @ ..] = *rest else {
+        return Err(TokenError::Malformed);
+    };
+    let len = usize::from(*len);
+    if more.len() < len {
+        return Err(TokenError::Malformed);
+    }
+    let (field, more) = more.split_at(len);
+    *rest = more;
+    std::str::from_utf8(field).map_err(|_| TokenError::Malformed)
+}
+
+/// Appends a length byte and `s`.
+fn put_field(out: &mut Vec<u8>, s: &str) -> Result<(), IssueError> {
+    let len = u8::try_from(s.len()).map_err(|_| IssueError::FieldTooLong)?;
+    out.push(len);
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
 /// What a token is made of, borrowed: the claims without their owned copies.
 struct Fields<'a> {
     tenant: &'a str,
     version: &'a str,
-    params: Params<'a>,
+    params: ReducedParams<'a>,
     nonce: &'a [u8; NONCE_BYTES],
     issued: u64,
     expires: u64,
 }
 
-/// The params of a token: already reduced JSON (from [`Claims`]), or the caller's fields.
-enum Params<'a> {
-    Json(&'a str),
-    Reduced(ReducedParams<'a>),
-}
-
 impl Fields<'_> {
-    /// Appends the payload JSON up to the nonce (`{"t":…,"v":…,"p":{…},"n":"`), in the
-    /// layout [`Payload`] reads: the part every session of a tenant and client has in common.
-    fn payload_head(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"t\":");
-        json_str(out, self.tenant);
-        out.extend_from_slice(b",\"v\":");
-        json_str(out, self.version);
-        out.extend_from_slice(b",\"p\":");
-        match &self.params {
-            Params::Json(json) => out.extend_from_slice(json.as_bytes()),
-            Params::Reduced(reduced) => reduced.write(out),
+    /// Appends the payload up to the nonce (flags, tenant, revision, params): the part every
+    /// session of a tenant and client has in common.
+    fn payload_head(&self, out: &mut Vec<u8>) -> Result<(), IssueError> {
+        // The caller nearly always asks for the revision it gets: then it is written once.
+        let implied = self
+            .params
+            .protocol_version
+            .is_some_and(|raw| names_string(raw.get(), self.version));
+        out.push(if implied { VERSION_IMPLIED } else { 0 });
+        put_field(out, self.tenant)?;
+        put_field(out, self.version)?;
+        if implied {
+            ReducedParams {
+                protocol_version: None,
+                ..self.params
+            }
+            .write(out);
+        } else {
+            self.params.write(out);
         }
-        out.extend_from_slice(b",\"n\":\"");
+        Ok(())
     }
 
-    /// Appends the rest of the payload: the nonce's hex, the times, the closing brace.
+    /// Appends the rest of the payload: the nonce, the times.
     fn payload_tail(&self, out: &mut Vec<u8>) {
-        let mut hex = [0u8; 2 * NONCE_BYTES];
-        // The buffer is exactly twice the nonce: this cannot fail.
-        if hex::encode_to_slice(self.nonce, &mut hex).is_ok() {
-            out.extend_from_slice(&hex);
-        }
-        out.extend_from_slice(b"\",\"i\":");
-        decimal(out, self.issued);
-        out.extend_from_slice(b",\"e\":");
-        decimal(out, self.expires);
-        out.push(b'}');
+        out.extend_from_slice(self.nonce);
+        out.extend_from_slice(&self.issued.to_be_bytes());
+        out.extend_from_slice(&self.expires.to_be_bytes());
     }
 
     /// `m1.<payload>.<tag>`. The head of the payload comes encoded and MAC'd from the key's
@@ -277,7 +378,7 @@ impl Fields<'_> {
     /// thread's scratch buffers, so the one allocation is the id itself.
     fn sign(&self, ring: &Keyring) -> Result<Arc<str>, IssueError> {
         with_scratch(|json, token| {
-            self.payload_head(json);
+            self.payload_head(json)?;
             let head_len = json.len();
             self.payload_tail(json);
             let body_len = PREFIX.len() + base64_len(json.len());
@@ -296,7 +397,7 @@ impl Fields<'_> {
             let tag = keys::finish(mac, &token[start..body_len]);
             token[body_len] = b'.';
             URL_SAFE_NO_PAD
-                .encode_slice(tag, &mut token[body_len + 1..])
+                .encode_slice(&tag[..TAG_BYTES], &mut token[body_len + 1..])
                 .map_err(short)?;
             // Base64 and ASCII punctuation only.
             let text = std::str::from_utf8(token).map_err(|_| IssueError::TooLong(len))?;
@@ -333,46 +434,19 @@ fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>, &mut Vec<u8>) -> R) -> R {
     })
 }
 
-/// Bytes of an HMAC-SHA256 tag.
-const TAG_BYTES: usize = 32;
+/// Bytes of a token's tag: HMAC-SHA256 truncated to 128 bits.
+pub(crate) const TAG_BYTES: usize = 16;
+/// Bytes of an `m1` token's tag: the whole HMAC-SHA256.
+const M1_TAG_BYTES: usize = 32;
 
 /// Length of `n` bytes as unpadded base64.
 const fn base64_len(n: usize) -> usize {
     (n * 4).div_ceil(3)
 }
 
-/// Appends `s` as a JSON string.
-fn json_str(out: &mut Vec<u8>, s: &str) {
-    let plain = s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\');
-    if plain {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-    } else {
-        // Writing a string into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, s);
-    }
-}
-
-/// Appends `n` in decimal.
-fn decimal(out: &mut Vec<u8>, n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut n = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
-}
-
 /// Signs `claims` with the ring's first key.
 pub fn sign(ring: &Keyring, claims: &Claims) -> Result<String, IssueError> {
-    let token = claims.fields().sign(ring)?;
+    let token = claims.fields()?.sign(ring)?;
     Ok(token.as_ref().to_owned())
 }
 
@@ -392,7 +466,7 @@ pub(crate) fn issue(
     let token = Fields {
         tenant,
         version,
-        params: Params::Reduced(params),
+        params,
         nonce: &nonce,
         issued,
         expires,
@@ -409,17 +483,33 @@ pub fn verify(
     tenant: &str,
     now: SystemTime,
 ) -> Result<Claims, TokenError> {
-    if token.len() > MAX_TOKEN_BYTES || !token.starts_with(PREFIX) {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(TokenError::Malformed);
+    }
+    let m1 = token.starts_with(M1_PREFIX);
+    if !m1 && !token.starts_with(PREFIX) {
         return Err(TokenError::Malformed);
     }
     let (signed, tag) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
-    let tag = URL_SAFE_NO_PAD
-        .decode(tag)
+    let mut tag_bytes = [0u8; M1_TAG_BYTES];
+    let tag_len = URL_SAFE_NO_PAD
+        .decode_slice(tag, &mut tag_bytes)
         .map_err(|_| TokenError::Malformed)?;
-    if !ring.verifies(signed.as_bytes(), &tag) {
-        return Err(TokenError::BadSignature);
-    }
-    let claims = Claims::decode_payload(&signed[PREFIX.len()..])?;
+    // Both prefixes are three bytes; "m1." alone splits into a body shorter than that.
+    let payload = signed.get(PREFIX.len()..).ok_or(TokenError::Malformed)?;
+    let claims = if m1 {
+        if tag_len != M1_TAG_BYTES || !ring.verifies(signed.as_bytes(), &tag_bytes) {
+            return Err(TokenError::BadSignature);
+        }
+        Claims::decode_m1_payload(payload)?
+    } else {
+        let mut tag = [0u8; TAG_BYTES];
+        tag.copy_from_slice(&tag_bytes[..TAG_BYTES]);
+        if tag_len != TAG_BYTES || !ring.verifies_truncated(signed.as_bytes(), &tag) {
+            return Err(TokenError::BadSignature);
+        }
+        Claims::decode_payload(payload)?
+    };
     if claims.tenant != tenant {
         return Err(TokenError::OtherTenant);
     }
@@ -488,13 +578,87 @@ mod tests {
 
     /// The token of `claims` encoded whole, without the cache of heads.
     fn encoded_whole(ring: &Keyring, claims: &Claims) -> String {
-        let fields = claims.fields();
-        let mut json = Vec::new();
-        fields.payload_head(&mut json);
-        fields.payload_tail(&mut json);
-        let signed = format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(&json));
+        let fields = claims.fields().unwrap();
+        let mut payload = Vec::new();
+        fields.payload_head(&mut payload).unwrap();
+        fields.payload_tail(&mut payload);
+        let signed = format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(&payload));
+        let tag = ring.signer().tag(signed.as_bytes());
+        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(&tag[..TAG_BYTES]))
+    }
+
+    /// `claims` as the previous release signed them: `m1.`, JSON, the whole tag.
+    fn m1_token(ring: &Keyring, claims: &Claims) -> String {
+        let json = format!(
+            r#"{{"t":{},"v":{},"p":{},"n":"{}","i":{},"e":{}}}"#,
+            serde_json::Value::from(claims.tenant.as_str()),
+            serde_json::Value::from(claims.version.as_str()),
+            claims.params,
+            hex::encode(claims.nonce),
+            claims.issued,
+            claims.expires,
+        );
+        let signed = format!("{M1_PREFIX}{}", URL_SAFE_NO_PAD.encode(json));
         let tag = URL_SAFE_NO_PAD.encode(ring.signer().tag(signed.as_bytes()));
         format!("{signed}.{tag}")
+    }
+
+    #[test]
+    fn an_m1_token_of_the_previous_release_still_verifies_and_its_alterations_do_not() {
+        let now = SystemTime::now();
+        let stranger = ring(&[KEY_B]);
+        let ring = ring(&[KEY_A]);
+        let issued = claims(now);
+        let old = m1_token(&ring, &issued);
+        assert_eq!(verify(&ring, &old, "acme", now), Ok(issued.clone()));
+        assert_eq!(
+            verify(&ring, &old, "other", now),
+            Err(TokenError::OtherTenant)
+        );
+        assert_eq!(
+            verify(&stranger, &old, "acme", now),
+            Err(TokenError::BadSignature)
+        );
+        // An m1 body under a 128-bit tag, or an m2 body under a whole tag: neither layout's.
+        let (body, _) = old.rsplit_once('.').unwrap();
+        let short = URL_SAFE_NO_PAD.encode(&ring.signer().tag(body.as_bytes())[..TAG_BYTES]);
+        assert_eq!(
+            verify(&ring, &format!("{body}.{short}"), "acme", now),
+            Err(TokenError::BadSignature)
+        );
+        let new = sign(&ring, &issued).unwrap();
+        let (body, _) = new.rsplit_once('.').unwrap();
+        let whole = URL_SAFE_NO_PAD.encode(ring.signer().tag(body.as_bytes()));
+        assert_eq!(
+            verify(&ring, &format!("{body}.{whole}"), "acme", now),
+            Err(TokenError::BadSignature)
+        );
+        let after = now + Duration::from_secs(3600);
+        assert_eq!(verify(&ring, &old, "acme", after), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn a_typical_clients_token_is_under_seven_tenths_of_the_m1_layout() {
+        let now = SystemTime::now();
+        let ring = ring(&[KEY_A]);
+        // What the Python SDK sends.
+        let params = r#"{"protocolVersion":"2025-11-25","capabilities":{"sampling":{},"elicitation":{"form":{},"url":{}},"roots":{"listChanged":true}},"clientInfo":{"name":"mcp","version":"2.3.0"}}"#;
+        let claims = Claims::new(
+            "acme-corp",
+            "2025-11-25",
+            params,
+            now,
+            Duration::from_secs(86_400),
+        )
+        .unwrap();
+        let (new, old) = (sign(&ring, &claims).unwrap(), m1_token(&ring, &claims));
+        assert!(new.starts_with("m2."), "{new}");
+        assert!(
+            new.len() * 10 <= old.len() * 7,
+            "{} bytes against {}",
+            new.len(),
+            old.len()
+        );
     }
 
     #[test]
@@ -505,7 +669,14 @@ mod tests {
         // Tenants of every length mod 3 put the head's end at every offset in a base64 group;
         // two params per tenant make the cache replace its entry, then hit it.
         for tenant in ["a", "ab", "abc", "abcd"] {
-            for params in [PARAMS, r#"{"protocolVersion":"2025-06-18"}"#, PARAMS] {
+            // The caller's revision left out (it is the negotiated one) or kept (it is not).
+            for params in [
+                PARAMS,
+                r#"{"protocolVersion":"2025-06-18"}"#,
+                r#"{"protocolVersion":"2025-11-25"}"#,
+                r#"{"capabilities":{}}"#,
+                PARAMS,
+            ] {
                 for _ in 0..2 {
                     let claims = Claims::new(tenant, "2025-11-25", params, now, life).unwrap();
                     let token = sign(&ring, &claims).unwrap();
@@ -608,16 +779,43 @@ mod tests {
             "m1..",
             "0123abcd",
             "m1.!!!.???",
+            "m2.",
+            "m2..",
+            "m2.AAAA.AAAA",
             &"m1.".repeat(2000),
         ] {
             assert!(verify(&ring, bad, "acme", now).is_err(), "{bad:?}");
         }
-        // Validly signed but not our JSON: still refused.
-        let signed = format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(b"[1,2]"));
+        // Validly signed but not our layout: still refused.
+        let mut wrong_lengths = vec![0u8, 200, b'a'];
+        wrong_lengths.extend([0u8; TAIL_BYTES]);
+        let mut unknown_flags = vec![0x80u8, 4];
+        unknown_flags.extend_from_slice(b"acme\x0a2025-11-25{}");
+        unknown_flags.extend([0u8; TAIL_BYTES]);
+        let mut params_not_json = vec![0u8, 4];
+        params_not_json.extend_from_slice(b"acme\x0a2025-11-25{");
+        params_not_json.extend([0u8; TAIL_BYTES]);
+        let no_tail = b"\x00\x04acme\x0a2025-11-25{}".to_vec();
+        for payload in [
+            b"[1,2]".to_vec(),
+            wrong_lengths,
+            unknown_flags,
+            params_not_json,
+            no_tail,
+        ] {
+            let signed = format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(&payload));
+            let tag = ring.signer().tag(signed.as_bytes());
+            let token = format!("{signed}.{}", URL_SAFE_NO_PAD.encode(&tag[..TAG_BYTES]));
+            assert_eq!(
+                verify(&ring, &token, "acme", now),
+                Err(TokenError::Malformed),
+                "{payload:?}"
+            );
+        }
+        let signed = format!("{M1_PREFIX}{}", URL_SAFE_NO_PAD.encode(b"[1,2]"));
         let tag = URL_SAFE_NO_PAD.encode(ring.signer().tag(signed.as_bytes()));
-        let token = format!("{signed}.{tag}");
         assert_eq!(
-            verify(&ring, &token, "acme", now),
+            verify(&ring, &format!("{signed}.{tag}"), "acme", now),
             Err(TokenError::Malformed)
         );
     }
@@ -639,5 +837,15 @@ mod tests {
             sign(&ring(&[KEY_A]), &claims),
             Err(IssueError::TooLong(_))
         ));
+        let long_revision = "9".repeat(MAX_FIELD_BYTES + 1);
+        let claims = Claims::new("acme", &long_revision, "{}", now, life).unwrap();
+        assert!(matches!(
+            sign(&ring(&[KEY_A]), &claims),
+            Err(IssueError::FieldTooLong)
+        ));
+        let at_limit = "9".repeat(MAX_FIELD_BYTES);
+        let claims = Claims::new("acme", &at_limit, "{}", now, life).unwrap();
+        let token = sign(&ring(&[KEY_A]), &claims).unwrap();
+        assert_eq!(verify(&ring(&[KEY_A]), &token, "acme", now), Ok(claims));
     }
 }

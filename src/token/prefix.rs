@@ -28,7 +28,7 @@ struct Entry {
     json: Vec<u8>,
     /// Bytes of `json` that `encoded` covers (a multiple of 3).
     aligned: usize,
-    /// `m1.` and the base64 of `json[..aligned]`.
+    /// The token prefix and the base64 of `json[..aligned]`.
     encoded: Vec<u8>,
     /// The signing key's HMAC state after `encoded`.
     mac: HmacSha256,
@@ -64,7 +64,7 @@ fn slot(tenant: &str) -> usize {
 }
 
 impl Cache {
-    /// Appends `m1.` and the base64 of the longest 3-byte-aligned start of `json` (the
+    /// Appends the token prefix and the base64 of the longest 3-byte-aligned start of `json` (the
     /// payload's head) to `out`; returns how many bytes of `json` that covers and `key`'s
     /// HMAC state after what was appended.
     pub fn head(

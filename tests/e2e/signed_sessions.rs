@@ -73,13 +73,34 @@ fn altered(token: &str, at: usize) -> String {
     String::from_utf8(bytes).unwrap()
 }
 
-/// The token's claims, decoded without verifying (the test reads what the node signed).
+/// The token's claims, decoded without verifying (the test reads what the node signed), as
+/// JSON: `t` tenant, `v` revision, `p` params, `n` nonce (hex), `i` issued, `e` expires. The
+/// `m2` payload is a flags byte (1: the params' `protocolVersion` is `v`, left out), the
+/// tenant and revision each after a length byte, the params' JSON, then 16 bytes of nonce
+/// and two 8-byte big-endian times.
 fn claims(token: &str) -> Value {
-    let payload = token.split('.').nth(1).expect("m1.<payload>.<tag>");
-    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+    let payload = token.split('.').nth(1).expect("m2.<payload>.<tag>");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload)
         .expect("base64url payload");
-    serde_json::from_slice(&json).expect("JSON payload")
+    let (flags, mut rest) = bytes.split_first().expect("a flags byte");
+    let mut field = || {
+        let (len, more) = rest.split_first().expect("a length byte");
+        let (text, more) = more.split_at(usize::from(*len));
+        rest = more;
+        String::from_utf8(text.to_vec()).expect("UTF-8")
+    };
+    let (tenant, version) = (field(), field());
+    let (params, tail) = rest.split_at(rest.len() - 32);
+    let mut params: Value = serde_json::from_slice(params).expect("JSON params");
+    if flags & 1 == 1 {
+        params["protocolVersion"] = json!(version);
+    }
+    let secs = |b: &[u8]| u64::from_be_bytes(b.try_into().unwrap());
+    json!({
+        "t": tenant, "v": version, "p": params, "n": hex::encode(&tail[..16]),
+        "i": secs(&tail[16..24]), "e": secs(&tail[24..]),
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,7 +114,7 @@ async fn a_valid_id_is_resumed_by_a_node_that_never_saw_it_and_every_bad_one_is_
     let stranger = Node::start(&clients, &other_keys, None, &[]).await;
 
     let session = initialize(&first.daemon, "alpha").await;
-    assert!(session.starts_with("m1."), "a signed id: {session}");
+    assert!(session.starts_with("m2."), "a signed id: {session}");
     assert!(session.bytes().all(|b| b.is_ascii_graphic()));
     let said = claims(&session);
     assert_eq!(said["t"], "alpha");
@@ -104,6 +125,7 @@ async fn a_valid_id_is_resumed_by_a_node_that_never_saw_it_and_every_bad_one_is_
         "128-bit nonce: {said}"
     );
     assert_eq!(said["p"]["capabilities"], json!({}));
+    assert_eq!(said["p"]["protocolVersion"], "2025-11-25");
     assert_eq!(
         said["e"].as_u64().unwrap() - said["i"].as_u64().unwrap(),
         86_400,
