@@ -261,7 +261,7 @@ async fn initialize(post: &Post<'_>) -> Response<Body> {
 }
 
 /// A session id as the bytes of its response header, shared with the session map's key
-/// rather than copied (a signed id is some 400 bytes).
+/// rather than copied (a signed id is some 200–300 bytes).
 struct IdBytes(Arc<str>);
 
 impl AsRef<[u8]> for IdBytes {
