@@ -41,6 +41,43 @@ pub struct InitCost {
     pub per_round: usize,
 }
 
+/// A sign test of the signed daemon against the twin.
+#[derive(Debug, Clone, Copy)]
+pub struct SignTest {
+    pub higher: usize,
+    pub rounds: usize,
+    pub p: f64,
+}
+
+impl SignTest {
+    /// Measurable: a split this lopsided would come by chance under one run in twenty.
+    pub fn measurable(&self) -> bool {
+        self.p < 0.05
+    }
+
+    pub fn json(&self) -> Value {
+        json!({"signed_higher": self.higher, "rounds": self.rounds, "p": self.p})
+    }
+}
+
+/// P(a split of `n` fair coin flips at least as uneven as `k` heads), both tails.
+fn two_sided_sign_p(k: usize, n: usize) -> f64 {
+    if n == 0 {
+        return 1.0;
+    }
+    let far = k.max(n - k);
+    // C(n, i) / 2^n summed over the tail i >= far, built up as floats (n is a few dozen).
+    let mut c = 1.0f64; // C(n, 0)
+    let mut tail = 0.0;
+    for i in 0..=n {
+        if i >= far {
+            tail += c;
+        }
+        c = c * (n - i) as f64 / (i + 1) as f64;
+    }
+    (2.0 * tail / 2f64.powi(n as i32)).min(1.0)
+}
+
 /// `a` over `b`, per round.
 fn per_round(a: &[f64], b: &[f64]) -> Spread {
     Spread(a.iter().zip(b).map(|(a, b)| a / b).collect())
@@ -57,6 +94,20 @@ impl InitCost {
         per_round(f(&self.twin), f(&self.plain))
     }
 
+    /// Signed against the twin, round by round, of `f`: how often the signed daemon came out
+    /// higher, of how many rounds, and the two-sided sign test's p (the chance of a split at
+    /// least that lopsided if signing made no difference).
+    pub fn sign_test(&self, f: impl Fn(&Side) -> &Vec<f64>) -> SignTest {
+        let (s, t) = (f(&self.signed), f(&self.twin));
+        let rounds = s.len().min(t.len());
+        let higher = s.iter().zip(t).filter(|(s, t)| s > t).count();
+        SignTest {
+            higher,
+            rounds,
+            p: two_sided_sign_p(higher, rounds),
+        }
+    }
+
     pub fn json(&self) -> Value {
         let side = |s: &Side| json!({"p50_us": s.p50_us, "cpu_us": s.cpu_us});
         json!({
@@ -66,6 +117,8 @@ impl InitCost {
             "ratio_cpu": self.ratio(|s| &s.cpu_us).json(),
             "control_p50": self.control(|s| &s.p50_us).json(),
             "control_cpu": self.control(|s| &s.cpu_us).json(),
+            "sign_test_p50": self.sign_test(|s| &s.p50_us).json(),
+            "sign_test_cpu": self.sign_test(|s| &s.cpu_us).json(),
         })
     }
 }

@@ -1070,15 +1070,8 @@ fn cold_rows(c: &scale::Cold, rows: &mut Vec<Row>) {
 
 fn init_rows(c: &init::InitCost, rows: &mut Vec<Row>) {
     let us = |v: &[f64]| format!("{} µs", Spread(v.to_vec()).show(1));
-    // Measurable means beyond what two identical daemons differ by in the same rounds.
-    let within = |ratio: &Spread, control: &Spread| {
-        let (lo, hi) = (control.min().min(1.0), control.max().max(1.0));
-        let m = ratio.median();
-        (
-            m >= lo && m <= hi,
-            format!("{m:.3}× is outside the control's {lo:.3}–{hi:.3}×"),
-        )
-    };
+    // Measurable means the signed daemon beat its identical twin (a node-local daemon like
+    // the baseline) in too many of the same rounds to be chance: a sign test.
     for (figure, control_figure, pick) in [
         (
             "initialize (warm child), p50: signed ids / node-local ids",
@@ -1091,23 +1084,28 @@ fn init_rows(c: &init::InitCost, rows: &mut Vec<Row>) {
             |s: &init::Side| &s.cpu_us,
         ),
     ] {
-        let (ratio, control) = (c.ratio(pick), c.control(pick));
-        let (met, note) = within(&ratio, &control);
-        rows.push(
-            Row::new(
-                figure,
-                us(pick(&c.signed)),
-                us(pick(&c.plain)),
-                format!("{}×", ratio.show(3)),
-                "within the control",
-            )
-            .judged(met, note),
+        let test = c.sign_test(pick);
+        let verdict = format!(
+            "above the twin in {} of {} rounds, sign test p = {:.3}",
+            test.higher, test.rounds, test.p
         );
+        let mut row = Row::new(
+            figure,
+            us(pick(&c.signed)),
+            us(pick(&c.plain)),
+            format!("{}×", c.ratio(pick).show(3)),
+            "not measurable (sign test against the twin, p ≥ 0.05)",
+        )
+        .judged(!test.measurable(), verdict.clone());
+        if row.note.is_empty() {
+            row.note = verdict;
+        }
+        rows.push(row);
         rows.push(Row::new(
             control_figure,
             us(pick(&c.twin)),
             us(pick(&c.plain)),
-            format!("{}×", control.show(3)),
+            format!("{}×", c.control(pick).show(3)),
             "report",
         ));
     }
@@ -1182,7 +1180,8 @@ fn render(rows: &[Row]) -> String {
     );
     for r in rows {
         let met = match r.met {
-            Some(true) => "yes".to_string(),
+            Some(true) if r.note.is_empty() => "yes".to_string(),
+            Some(true) => format!("yes: {}", r.note),
             Some(false) => format!("**no**: {}", r.note),
             None => String::new(),
         };
