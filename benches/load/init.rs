@@ -38,6 +38,8 @@ pub struct InitCost {
     pub plain: Side,
     /// A second node-local daemon: the control.
     pub twin: Side,
+    /// Another build signing its ids (`MCPMUX_BENCH_BASELINE`), for an A/B of signing.
+    pub base_signed: Option<Side>,
     pub per_round: usize,
 }
 
@@ -94,6 +96,12 @@ impl InitCost {
         per_round(f(&self.twin), f(&self.plain))
     }
 
+    /// This build's signed daemon over the baseline build's, per round, of `f`.
+    pub fn ab(&self, f: impl Fn(&Side) -> &Vec<f64>) -> Option<Spread> {
+        let base = self.base_signed.as_ref()?;
+        Some(per_round(f(&self.signed), f(base)))
+    }
+
     /// Signed against the twin, round by round, of `f`: how often the signed daemon came out
     /// higher, of how many rounds, and the two-sided sign test's p (the chance of a split at
     /// least that lopsided if signing made no difference).
@@ -119,6 +127,7 @@ impl InitCost {
             "control_cpu": self.control(|s| &s.cpu_us).json(),
             "sign_test_p50": self.sign_test(|s| &s.p50_us).json(),
             "sign_test_cpu": self.sign_test(|s| &s.cpu_us).json(),
+            "baseline_signed": self.base_signed.as_ref().map(side),
         })
     }
 }
@@ -177,12 +186,14 @@ impl<'a> Driver<'a> {
     }
 }
 
-/// Runs `rounds` rounds of `per_round` handshakes on each daemon.
+/// Runs `rounds` rounds of `per_round` handshakes on each daemon; with `baseline` (another
+/// build), a fourth daemon of that build signs its ids too.
 pub async fn run(
     work: &Path,
     clients: &Path,
     rounds: usize,
     per_round: usize,
+    baseline: Option<&Path>,
 ) -> Result<InitCost, String> {
     let key = work.join("session.key");
     std::fs::write(&key, format!("{KEY}\n")).map_err(|e| format!("{}: {e}", key.display()))?;
@@ -195,16 +206,28 @@ pub async fn run(
     let signed = Daemon::start(clients, &["--session-key-file", &key_arg])?;
     let plain = Daemon::start(clients, &[])?;
     let twin = Daemon::start(clients, &[])?;
+    let base = match baseline {
+        Some(bin) => Some(Daemon::start_bin(
+            bin,
+            clients,
+            &["--session-key-file", &key_arg],
+        )?),
+        None => None,
+    };
     let mut cost = InitCost {
         per_round,
+        base_signed: base.as_ref().map(|_| Side::default()),
         ..InitCost::default()
     };
     let res = async {
-        let mut sides = [
+        let mut sides = vec![
             Driver::new(&signed)?,
             Driver::new(&plain)?,
             Driver::new(&twin)?,
         ];
+        if let Some(base) = &base {
+            sides.push(Driver::new(base)?);
+        }
         // Warm-up, untimed: the children started, the connections' paths hot.
         let mut scratch = Side::default();
         for side in &mut sides {
@@ -217,17 +240,20 @@ pub async fn run(
             let mut turn = round;
             while left > 0 {
                 let n = left.min(TURN);
-                for k in 0..sides.len() {
-                    sides[(turn + k) % sides.len()].turn(n, id).await?;
+                let count = sides.len();
+                for k in 0..count {
+                    sides[(turn + k) % count].turn(n, id).await?;
                 }
                 left -= n;
                 id += n as u64;
                 turn += 1;
             }
-            let [s, p, t] = &mut sides;
-            s.finish_round(&mut cost.signed);
-            p.finish_round(&mut cost.plain);
-            t.finish_round(&mut cost.twin);
+            sides[0].finish_round(&mut cost.signed);
+            sides[1].finish_round(&mut cost.plain);
+            sides[2].finish_round(&mut cost.twin);
+            if let (Some(side), Some(b)) = (sides.get_mut(3), cost.base_signed.as_mut()) {
+                side.finish_round(b);
+            }
             eprintln!(
                 "  round {}: initialize p50 signed {:.1} µs / plain {:.1} / twin {:.1}; daemon CPU per handshake {:.1} / {:.1} / {:.1} µs",
                 round + 1,
@@ -246,6 +272,9 @@ pub async fn run(
     signed.stop();
     plain.stop();
     twin.stop();
+    if let Some(base) = base {
+        base.stop();
+    }
     res?;
     Ok(cost)
 }

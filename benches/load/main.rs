@@ -334,7 +334,15 @@ async fn run(args: Args) -> Result<(), String> {
             args.handshakes
         );
         let dir = demo_dir(&work)?;
-        let c = init::run(&work, &dir, args.rounds, args.handshakes).await?;
+        let baseline = std::env::var_os("MCPMUX_BENCH_BASELINE").map(PathBuf::from);
+        let c = init::run(
+            &work,
+            &dir,
+            args.rounds,
+            args.handshakes,
+            baseline.as_deref(),
+        )
+        .await?;
         init_rows(&c, &mut rows);
         out.insert("initialize_signing".into(), c.json());
     }
@@ -1072,15 +1080,17 @@ fn init_rows(c: &init::InitCost, rows: &mut Vec<Row>) {
     let us = |v: &[f64]| format!("{} µs", Spread(v.to_vec()).show(1));
     // Measurable means the signed daemon beat its identical twin (a node-local daemon like
     // the baseline) in too many of the same rounds to be chance: a sign test.
-    for (figure, control_figure, pick) in [
+    for (figure, control_figure, ab_figure, pick) in [
         (
             "initialize (warm child), p50: signed ids / node-local ids",
             "control: initialize p50, node-local twin / node-local",
+            "A/B: initialize p50 with signed ids, this build / baseline build",
             (|s: &init::Side| &s.p50_us) as fn(&init::Side) -> &Vec<f64>,
         ),
         (
             "daemon CPU per handshake (initialize + initialized + DELETE): signed / node-local",
             "control: daemon CPU per handshake, node-local twin / node-local",
+            "A/B: daemon CPU per handshake with signed ids, this build / baseline build",
             |s: &init::Side| &s.cpu_us,
         ),
     ] {
@@ -1108,6 +1118,15 @@ fn init_rows(c: &init::InitCost, rows: &mut Vec<Row>) {
             format!("{}×", c.control(pick).show(3)),
             "report",
         ));
+        if let (Some(ab), Some(base)) = (c.ab(pick), &c.base_signed) {
+            rows.push(Row::new(
+                ab_figure,
+                us(pick(&c.signed)),
+                format!("{} (baseline build)", us(pick(base))),
+                format!("{}×", ab.show(3)),
+                "",
+            ));
+        }
     }
 }
 
