@@ -356,12 +356,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = write(&dir, KEY_A, 0o600);
         let ring = Keyring::load(&path).unwrap();
+        let mint = |ring: &Keyring| {
+            let params = super::super::ReducedParams::parse("{}").unwrap();
+            let now = std::time::SystemTime::now();
+            let life = std::time::Duration::from_secs(60);
+            super::super::issue(ring, "acme", "2025-11-25", params, now, life)
+                .unwrap()
+                .0
+        };
+        let only_b = Keyring::from_keys(vec![Key::parse(KEY_B).unwrap()]).unwrap();
+        let before = mint(&ring); // the ring now caches a head MAC'd with KEY_A
         write(&dir, &format!("{KEY_B}\n{KEY_A}\n"), 0o600);
         assert_eq!(ring.reload().unwrap(), 2);
         assert_eq!(
             ring.signer().tag(b"x"),
             Key::parse(KEY_B).unwrap().tag(b"x")
         );
+        let now = std::time::SystemTime::now();
+        let after = mint(&ring);
+        assert!(
+            super::super::verify(&only_b, &after, "acme", now).is_ok(),
+            "after the reload the new first key signs, not a cached head of the old one"
+        );
+        assert!(super::super::verify(&only_b, &before, "acme", now).is_err());
         write(&dir, "garbage", 0o600);
         assert!(ring.reload().is_err());
         assert_eq!(
