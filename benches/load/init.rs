@@ -6,7 +6,8 @@
 //! untimed `DELETE`, so the session cap is never near) back to back on one keep-alive
 //! connection each. They take turns of [`TURN`] handshakes within every round, which goes
 //! first rotating too, so drift and bursts of load from elsewhere hit all alike; each round's
-//! ratios are taken within the round. CPU is read from the scheduler's per-thread counters (nanoseconds), not clock
+//! ratios are taken within the round. Every round starts fresh daemons, in a rotating order,
+//! so where one process's code and heap happened to land does not bias every round alike. CPU is read from the scheduler's per-thread counters (nanoseconds), not clock
 //! ticks, whose 10 ms would be several µs per handshake.
 
 use std::path::Path;
@@ -132,6 +133,9 @@ impl InitCost {
     }
 }
 
+/// Untimed handshakes on each daemon before a round's first turn.
+const WARM_UP: usize = 200;
+
 /// Handshakes per turn: the two daemons take turns this often within a round, so a burst
 /// of load from elsewhere on the machine hits both alike.
 const TURN: usize = 100;
@@ -203,78 +207,104 @@ pub async fn run(
             .map_err(|e| format!("{}: {e}", key.display()))?;
     }
     let key_arg = key.to_string_lossy().into_owned();
-    let signed = Daemon::start(clients, &["--session-key-file", &key_arg])?;
-    let plain = Daemon::start(clients, &[])?;
-    let twin = Daemon::start(clients, &[])?;
-    let base = match baseline {
-        Some(bin) => Some(Daemon::start_bin(
-            bin,
-            clients,
-            &["--session-key-file", &key_arg],
-        )?),
-        None => None,
-    };
     let mut cost = InitCost {
         per_round,
-        base_signed: base.as_ref().map(|_| Side::default()),
+        base_signed: baseline.map(|_| Side::default()),
         ..InitCost::default()
     };
-    let res = async {
-        let mut sides = vec![
-            Driver::new(&signed)?,
-            Driver::new(&plain)?,
-            Driver::new(&twin)?,
-        ];
-        if let Some(base) = &base {
-            sides.push(Driver::new(base)?);
+    let mut id = 0;
+    for round in 0..rounds {
+        // Fresh processes every round: two identical daemons can differ by a few per cent
+        // for their whole life (where their code and heap landed), and a per-process bias
+        // would otherwise repeat in every round.
+        let fleet = start_fleet(clients, &key_arg, baseline, round)?;
+        one_round(&fleet, &mut cost, round, per_round, &mut id).await?;
+        for daemon in fleet {
+            daemon.stop();
         }
-        // Warm-up, untimed: the children started, the connections' paths hot.
-        let mut scratch = Side::default();
-        for side in &mut sides {
-            side.turn(200, 0).await?;
-            side.finish_round(&mut scratch);
-        }
-        let mut id = 200;
-        for round in 0..rounds {
-            let mut left = per_round;
-            let mut turn = round;
-            while left > 0 {
-                let n = left.min(TURN);
-                let count = sides.len();
-                for k in 0..count {
-                    sides[(turn + k) % count].turn(n, id).await?;
-                }
-                left -= n;
-                id += n as u64;
-                turn += 1;
-            }
-            sides[0].finish_round(&mut cost.signed);
-            sides[1].finish_round(&mut cost.plain);
-            sides[2].finish_round(&mut cost.twin);
-            if let (Some(side), Some(b)) = (sides.get_mut(3), cost.base_signed.as_mut()) {
-                side.finish_round(b);
-            }
-            eprintln!(
-                "  round {}: initialize p50 signed {:.1} µs / plain {:.1} / twin {:.1}; daemon CPU per handshake {:.1} / {:.1} / {:.1} µs",
-                round + 1,
-                cost.signed.p50_us[round],
-                cost.plain.p50_us[round],
-                cost.twin.p50_us[round],
-                cost.signed.cpu_us[round],
-                cost.plain.cpu_us[round],
-                cost.twin.cpu_us[round],
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok::<_, String>(())
+        eprintln!(
+            "  round {}: initialize p50 signed {:.1} µs / plain {:.1} / twin {:.1}; daemon CPU per handshake {:.1} / {:.1} / {:.1} µs",
+            round + 1,
+            cost.signed.p50_us[round],
+            cost.plain.p50_us[round],
+            cost.twin.p50_us[round],
+            cost.signed.cpu_us[round],
+            cost.plain.cpu_us[round],
+            cost.twin.cpu_us[round],
+        );
     }
-    .await;
-    signed.stop();
-    plain.stop();
-    twin.stop();
-    if let Some(base) = base {
-        base.stop();
-    }
-    res?;
     Ok(cost)
+}
+
+/// The daemons of round `round`: signed, node-local, the twin and, with `baseline`, that
+/// build signing; started in an order that rotates with the round.
+fn start_fleet(
+    clients: &Path,
+    key_arg: &str,
+    baseline: Option<&Path>,
+    round: usize,
+) -> Result<Vec<Daemon>, String> {
+    let signing = ["--session-key-file", key_arg];
+    let mut roles: Vec<(Option<&Path>, &[&str])> = vec![(None, &signing), (None, &[]), (None, &[])];
+    if let Some(bin) = baseline {
+        roles.push((Some(bin), &signing));
+    }
+    let count = roles.len();
+    let mut started: Vec<Option<Daemon>> = (0..count).map(|_| None).collect();
+    for k in 0..count {
+        let at = (round + k) % count;
+        let (bin, args) = roles[at];
+        // On an error the ones started so far are dropped, which kills them.
+        started[at] = Some(match bin {
+            Some(bin) => Daemon::start_bin(bin, clients, args)?,
+            None => Daemon::start(clients, args)?,
+        });
+    }
+    Ok(started.into_iter().flatten().collect())
+}
+
+/// One round on `fleet` (in the roles' order): a warm-up, then `per_round` handshakes each
+/// in rotating turns, recorded in `cost`.
+async fn one_round(
+    fleet: &[Daemon],
+    cost: &mut InitCost,
+    round: usize,
+    per_round: usize,
+    id: &mut u64,
+) -> Result<(), String> {
+    let mut sides = fleet
+        .iter()
+        .map(Driver::new)
+        .collect::<Result<Vec<_>, _>>()?;
+    // Warm-up, untimed: the children started, the connections' paths hot.
+    let mut scratch = Side::default();
+    for side in &mut sides {
+        side.turn(WARM_UP, *id).await?;
+        side.finish_round(&mut scratch);
+    }
+    *id += WARM_UP as u64;
+    let mut left = per_round;
+    let mut turn = round;
+    while left > 0 {
+        let n = left.min(TURN);
+        let count = sides.len();
+        for k in 0..count {
+            sides[(turn + k) % count].turn(n, *id).await?;
+        }
+        left -= n;
+        *id += n as u64;
+        turn += 1;
+    }
+    let mut into = [
+        Some(&mut cost.signed),
+        Some(&mut cost.plain),
+        Some(&mut cost.twin),
+        cost.base_signed.as_mut(),
+    ];
+    for (side, target) in sides.iter_mut().zip(into.iter_mut()) {
+        if let Some(target) = target {
+            side.finish_round(target);
+        }
+    }
+    Ok(())
 }
