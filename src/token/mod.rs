@@ -10,7 +10,8 @@
 //! HMAC-SHA256 over `m2.<payload>` with the first key of the ring, truncated to its first
 //! 128 bits (RFC 2104 §5); any key of the ring verifies, in constant time, so keys rotate
 //! without a flag day. The id travels in a header on every request, so it is kept short:
-//! about 220 bytes for a typical client, against 320 for the JSON layout before it.
+//! 177 bytes for a minimal client and 288 for the Python SDK's params, against 318 and 422 in
+//! the JSON layout before it.
 //!
 //! `m1.` tokens (a JSON payload and the whole 256-bit tag, issued by the previous release)
 //! still verify, so sessions move to upgraded nodes during a rolling upgrade.
