@@ -23,7 +23,6 @@ use std::time::Duration;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use mcpmux::mcp::caps::ClientCaps;
 use mcpmux::mcp::session::{Sessions, new_session_id};
-use mcpmux::mcp::version::Revision;
 use mcpmux::token::keys::Key;
 use mcpmux::token::{Keyring, SessionTokens};
 
@@ -66,19 +65,6 @@ impl Drop for Resumed {
     }
 }
 
-#[derive(serde::Deserialize)]
-struct Params<'a> {
-    #[serde(borrow)]
-    capabilities: Option<&'a serde_json::value::RawValue>,
-}
-
-/// The caller's capabilities from the params the token carries, as the resume path reads them.
-fn caps_of(params: &str, version: &str) -> ClientCaps {
-    let revision = Revision::parse(version).unwrap_or(Revision::R2024_11_05);
-    let raw = serde_json::from_str::<Params<'_>>(params).ok();
-    ClientCaps::parse(raw.and_then(|p| p.capabilities), revision)
-}
-
 fn lookup(c: &mut Criterion) {
     let tokens = tokens();
     let (sessions, known) = held_sessions(&tokens);
@@ -104,7 +90,7 @@ fn lookup(c: &mut Criterion) {
             },
             |id| {
                 let claims = tokens.resumable(&id, "acme").unwrap();
-                let caps = caps_of(&claims.params, &claims.version);
+                let caps = claims.caps();
                 let in_use = sessions
                     .insert(id.clone(), claims.version.clone(), caps)
                     .unwrap();

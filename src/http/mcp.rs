@@ -181,13 +181,6 @@ pub(super) async fn session_of(
     Ok(session)
 }
 
-/// What a caller can answer, from its raw `initialize` params at `version`.
-pub(super) fn caps_of(params: &str, version: &str) -> ClientCaps {
-    let revision = Revision::parse(version).unwrap_or(Revision::R2024_11_05);
-    let raw = ReducedParams::parse(params).and_then(|p| p.capabilities);
-    ClientCaps::parse(raw, revision)
-}
-
 async fn initialize(post: &Post<'_>) -> Response<Body> {
     let (app, ctx, env) = (post.app, post.ctx, post.env);
     let id = post.id();

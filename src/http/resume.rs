@@ -16,7 +16,7 @@ use tracing::{debug, info};
 use super::App;
 use super::body::Body;
 use super::exchange::{Ctx, start_failed};
-use super::mcp::{caps_of, not_inserted, session_not_found};
+use super::mcp::{not_inserted, session_not_found};
 use crate::mcp::admission::InUse;
 use crate::mcp::session::Session;
 
@@ -37,7 +37,7 @@ pub(super) async fn resume(app: &Arc<App>, ctx: &Ctx, id: &str) -> Result<InUse,
         .relay(&ctx.tenant, &ctx.spec, Some(&claims.params))
         .await
         .map_err(|e| start_failed("null", e))?;
-    let caps = caps_of(&claims.params, &claims.version);
+    let caps = claims.caps();
     let inserted = (ctx.tenant.sessions).insert(id.into(), claims.version.clone(), caps);
     let in_use = inserted.map_err(not_inserted)?;
     let session = in_use.session();

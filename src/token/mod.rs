@@ -33,6 +33,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::mcp::caps::ClientCaps;
+use crate::mcp::version::Revision;
+
 pub use ended::Ended;
 pub use keys::{KeyFileError, Keyring};
 pub use service::{EndMark, ResumeRefused, SessionTokens};
@@ -144,6 +147,7 @@ impl<'a> ReducedParams<'a> {
     }
 
     /// At least the bytes [`ReducedParams::write`] appends (a buffer's capacity).
+    #[cfg(test)]
     fn len_bound(&self) -> usize {
         let field =
             |name: &str, v: Option<&RawValue>| v.map_or(0, |v| name.len() + 4 + v.get().len());
@@ -188,7 +192,16 @@ fn nonce() -> Result<[u8; NONCE_BYTES], IssueError> {
 }
 
 impl Claims {
+    /// What the caller can answer, from the capabilities its params carry at its revision
+    /// (the oldest when the revision is unknown).
+    pub fn caps(&self) -> ClientCaps {
+        let revision = Revision::parse(&self.version).unwrap_or(Revision::R2024_11_05);
+        let raw = ReducedParams::parse(&self.params).and_then(|p| p.capabilities);
+        ClientCaps::parse(raw, revision)
+    }
+
     /// The fields a token of these claims is encoded from.
+    #[cfg(test)]
     fn fields(&self) -> Result<Fields<'_>, IssueError> {
         Ok(Fields {
             tenant: &self.tenant,
@@ -201,7 +214,9 @@ impl Claims {
     }
 
     /// Claims for a new session of `tenant` at revision `version`, from the caller's raw
-    /// `initialize` params, issued now and valid for `lifetime`.
+    /// `initialize` params, issued now and valid for `lifetime`. Tests build tokens from
+    /// these; the daemon mints with [`issue`], which builds no claims.
+    #[cfg(test)]
     pub fn new(
         tenant: &str,
         version: &str,
@@ -445,7 +460,8 @@ const fn base64_len(n: usize) -> usize {
     (n * 4).div_ceil(3)
 }
 
-/// Signs `claims` with the ring's first key.
+/// Signs `claims` with the ring's first key (tests; the daemon mints with [`issue`]).
+#[cfg(test)]
 pub fn sign(ring: &Keyring, claims: &Claims) -> Result<String, IssueError> {
     let token = claims.fields()?.sign(ring)?;
     Ok(token.as_ref().to_owned())
