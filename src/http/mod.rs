@@ -64,8 +64,8 @@ impl App {
     /// Routes one request, then records it (metrics, access log).
     pub async fn handle(self: &Arc<Self>, req: Request<RequestBody>) -> Response<Body> {
         let started = tokio::time::Instant::now();
-        // A reference to the header's bytes, not a copy: a signed id is some 400 of them,
-        // and the access log that reads it is usually off.
+        // A reference to the header's bytes, not a copy: a signed id is some 200–300 of
+        // them, and the access log that reads it is usually off.
         let session = req.headers().get(mcp::SESSION_HEADER).cloned();
         let (response, client_id) = self.route(req).await;
         let observed = response

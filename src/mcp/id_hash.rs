@@ -1,9 +1,9 @@
 //! Hashing of session ids by their tail, for the maps keyed by them.
 //!
-//! A signed id (`--session-key-file`) is some 400 bytes and a node-local one 64, and a request
-//! hashes its id several times (the session map, the interest maps, each on lookup, insert
-//! and removal); hashing all of it made a signed session measurably dearer than a node-local
-//! one. Every id such a map holds was minted here or verified with a key of the ring, and
+//! A signed id (`--session-key-file`) is some 200–300 bytes and a node-local one 64, and a
+//! request hashes its id several times (the session map, the interest maps, each on lookup,
+//! insert and removal); hashing all of it made a signed session measurably dearer than a
+//! node-local one. Every id such a map holds was minted here or verified with a key of the ring, and
 //! ends in at least 128 unpredictable bits: the random hex of a node-local id, the HMAC tag
 //! of a signed one. So the last [`TAIL`] bytes, under the standard keyed SipHash, spread
 //! them as well as the whole id would; equal tails of different ids only share a bucket, and
@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::{DefaultHasher, RandomState};
 use std::hash::{BuildHasher, Hasher};
 
-/// Bytes of an id that are hashed: 128 bits of a hex id, 192 of a base64 tag.
+/// Bytes of an id that are hashed: 128 bits of a hex id, a signed id's whole 128-bit tag.
 pub const TAIL: usize = 32;
 
 /// A map keyed by session ids (or other keys with a unique tail).

@@ -2,8 +2,8 @@
 //! params, not once per session.
 //!
 //! A token's payload starts with what every session of a tenant, at one revision and with
-//! one client's params, has in common (`{"t":…,"v":…,"p":{…},"n":"`); only the nonce and the
-//! times after it differ. That head is most of the token, so base64-encoding it and running
+//! one client's params, has in common (flags, tenant, revision, params); only the nonce and
+//! the times after it differ. That head is most of the token, so base64-encoding it and running
 //! it through HMAC-SHA256 was most of what signing cost. This cache keeps, per tenant, the
 //! last head seen: its base64 up to a whole number of 3-byte groups (so the rest encodes on
 //! its own and the two concatenate to the base64 of the whole), and the keyed HMAC state
@@ -24,7 +24,7 @@ pub const SLOTS: usize = 64;
 /// One head, encoded and MAC'd.
 #[derive(Clone)]
 struct Entry {
-    /// The payload's head as JSON, whole: what a later head must equal to reuse this one.
+    /// The payload's head, whole: what a later head must equal to reuse this one.
     json: Vec<u8>,
     /// Bytes of `json` that `encoded` covers (a multiple of 3).
     aligned: usize,
