@@ -67,13 +67,17 @@ pub fn initialized(id: &str, name: &str, session: &'static str) -> Response<Full
     r
 }
 
-async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let body = req
-        .into_body()
+/// The request's whole body; empty when it cannot be read (then it parses as no message).
+pub async fn body_of(req: Request<Incoming>) -> Bytes {
+    req.into_body()
         .collect()
         .await
         .map(|b| b.to_bytes())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let body = body_of(req).await;
     let Ok(msg) = serde_json::from_slice::<Msg<'_>>(&body) else {
         return Ok(reply(StatusCode::BAD_REQUEST, Bytes::new()));
     };

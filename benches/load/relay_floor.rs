@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -23,7 +23,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, ChildStdout, Command};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::floor::{initialized, reply, run_server, serve_http};
+use crate::floor::{body_of, initialized, reply, run_server, serve_http};
 
 /// The flag that turns this binary into the relay floor server.
 pub const FLAG: &str = "--relay-floor-server";
@@ -68,12 +68,7 @@ async fn answer(
     relay: Arc<Relay>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = body_of(req).await;
     let Ok(msg) = serde_json::from_slice::<Msg<'_>>(&body) else {
         return Ok(reply(StatusCode::BAD_REQUEST, Bytes::new()));
     };
